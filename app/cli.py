@@ -1,0 +1,104 @@
+"""The `datastorage` command line."""
+
+import asyncio
+import json
+from typing import Annotated
+
+import typer
+
+from app import run as run_module
+from app.db import connect
+from app.logs import configure_logging
+from app.migrations import migrate_database
+from app.partitions import ensure_upcoming_partitions, list_partitions
+from app.settings import Settings
+
+cli = typer.Typer(
+    help="Data Storage Service: the audit trail and the playbook catalog.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+partitions_cli = typer.Typer(help="Monthly partitions of audit_events.", no_args_is_help=True)
+cli.add_typer(partitions_cli, name="partitions")
+
+
+def _settings() -> Settings:
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+def _database_url(settings: Settings) -> str:
+    if not settings.database_url:
+        raise typer.BadParameter(
+            "DATASTORAGE_DATABASE_URL is not set (only `datastorage run` starts an embedded Postgres)",
+            param_hint="environment",
+        )
+    return settings.database_url
+
+
+@cli.command()
+def run() -> None:
+    """Run the whole service; starts embedded Postgres and Redis where no URL is set. Ctrl-C stops it."""
+    run_module.run(_settings())
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply the schema migrations and create the upcoming monthly partitions."""
+    settings = _settings()
+    applied = asyncio.run(
+        migrate_database(
+            _database_url(settings), settings.schema_dir, months_ahead=settings.partition_months_ahead
+        )
+    )
+    typer.echo(f"applied {len(applied)} migration(s)" if applied else "schema is up to date")
+
+
+@partitions_cli.command("ensure")
+def partitions_ensure(
+    months_ahead: Annotated[int, typer.Option(min=0, max=24, help="Months after the current one.")] = 3,
+) -> None:
+    """Create the current month's partition and the next N months' where missing."""
+    url = _database_url(_settings())
+
+    async def ensure() -> list[str]:
+        conn = await connect(url)
+        try:
+            return await ensure_upcoming_partitions(conn, months_ahead)
+        finally:
+            await conn.close()
+
+    for name in asyncio.run(ensure()):
+        typer.echo(name)
+
+
+@partitions_cli.command("list")
+def partitions_list(
+    exact: Annotated[bool, typer.Option(help="Count rows exactly (scans every partition).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON array, for scripts.")] = False,
+) -> None:
+    """List the partitions with their rows and size."""
+    url = _database_url(_settings())
+
+    async def fetch():
+        conn = await connect(url)
+        try:
+            return await list_partitions(conn, exact_counts=exact)
+        finally:
+            await conn.close()
+
+    partitions = asyncio.run(fetch())
+    if as_json:
+        typer.echo(json.dumps([
+            {"name": p.name, "month": p.month.isoformat(), "rows": p.rows, "bytes": p.bytes}
+            for p in partitions
+        ]))
+        return
+    typer.echo(f"{'partition':<24} {'month':<8} {'rows':>12} {'size':>10}")
+    for p in partitions:
+        typer.echo(f"{p.name:<24} {p.month:%Y-%m}  {p.rows:>12} {p.bytes / 2**20:>8.1f}MB")
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,84 @@
+"""`datastorage run`: the whole service in one process tree, on embedded servers by default.
+
+With no `DATASTORAGE_DATABASE_URL` it starts the embedded Postgres (data in
+`<data_dir>/pgdata`), with no `DATASTORAGE_REDIS_URL` a private redis-server (AOF on, data in
+`<data_dir>/redis`); it applies the migrations, then runs the service's parts until SIGINT or
+SIGTERM, and stops what it started.
+"""
+
+import asyncio
+import contextlib
+import signal
+
+import structlog
+
+from app.db import connect, create_database
+from app.embedded import EmbeddedPostgres, LocalRedis
+from app.migrations import migrate_database
+from app.partitions import ensure_upcoming_partitions
+from app.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+EMBEDDED_DATABASE = "datastorage"
+PARTITION_CHECK_INTERVAL_S = 3600
+
+
+def start_embedded_servers(settings: Settings, stack: contextlib.ExitStack) -> Settings:
+    """Starts what the settings leave unset; returns settings naming both URLs."""
+    database_url, redis_url = settings.database_url, settings.redis_url
+    if database_url is None:
+        postgres = EmbeddedPostgres(settings.data_dir / "pgdata")
+        postgres.start()
+        stack.callback(postgres.close)
+        database_url = asyncio.run(create_database(postgres.url(), EMBEDDED_DATABASE))
+    if redis_url is None:
+        redis_server = LocalRedis(
+            settings.data_dir / "redis", settings.embedded_redis_port, appendonly=True
+        )
+        redis_server.start()
+        stack.callback(redis_server.stop)
+        redis_url = redis_server.url
+    return settings.model_copy(update={"database_url": database_url, "redis_url": redis_url})
+
+
+async def keep_partitions_ahead(settings: Settings, stop: asyncio.Event) -> None:
+    """Creates next months' partitions as months pass; a failed check is retried next time."""
+    while not stop.is_set():
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), PARTITION_CHECK_INTERVAL_S)
+        if stop.is_set():
+            return
+        try:
+            conn = await connect(settings.database_url)
+            try:
+                await ensure_upcoming_partitions(conn, settings.partition_months_ahead)
+            finally:
+                await conn.close()
+        except Exception:
+            log.exception("partition_check_failed")
+
+
+async def serve_until_stopped(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    applied = await migrate_database(
+        settings.database_url, settings.schema_dir, months_ahead=settings.partition_months_ahead
+    )
+    log.info(
+        "service_ready",
+        database_url=settings.database_url,
+        redis_url=settings.redis_url,
+        migrations_applied=[m.version for m in applied],
+    )
+    await keep_partitions_ahead(settings, stop)
+    log.info("service_stopping")
+
+
+def run(settings: Settings) -> None:
+    with contextlib.ExitStack() as stack:
+        settings = start_embedded_servers(settings, stack)
+        asyncio.run(serve_until_stopped(settings))
+    log.info("service_stopped")

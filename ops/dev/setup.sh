@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Sets up (or brings up to date) the virtualenv .venv with the service and its test tools.
+# Safe to run again. As root on Debian it installs redis-server when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+if ! command -v redis-server >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing redis-server (Debian package)" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    else
+        echo "setup: redis-server is missing; install it (Debian/Ubuntu: sudo apt-get install redis-server)" >&2
+        exit 1
+    fi
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'

@@ -1,0 +1,89 @@
+"""Fixtures on real servers: a private Postgres with pgvector and a private Redis per test session.
+
+Each test gets a database of its own, cloned from a migrated template (fast: a file copy), and a
+flushed Redis. Tests that stop a server get it back running before the next test starts.
+"""
+
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+
+from app.db import connect, create_database, drop_database
+from app.migrations import migrate_database
+from app.settings import PROJECT_ROOT, Settings
+from tests.servers import start_postgres, start_redis
+
+SCHEMA_DIR = PROJECT_ROOT / "schema"
+TEMPLATE_DATABASE = "datastorage_test_template"
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    server = start_postgres(tmp_path_factory.mktemp("postgres"))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+async def template_database(postgres_server) -> str:
+    await drop_database(postgres_server.admin_url, TEMPLATE_DATABASE)
+    url = await create_database(postgres_server.admin_url, TEMPLATE_DATABASE)
+    await migrate_database(url, SCHEMA_DIR, months_ahead=3)
+    yield TEMPLATE_DATABASE
+    await drop_database(postgres_server.admin_url, TEMPLATE_DATABASE)
+
+
+@pytest.fixture
+async def empty_database_url(postgres_server) -> str:
+    """A database of this test's own with nothing in it (not even the schema)."""
+    postgres_server.ensure_running()
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    url = await create_database(postgres_server.admin_url, name)
+    yield url
+    await _drop_when_reachable(postgres_server, name)
+
+
+@pytest.fixture
+async def database_url(postgres_server, template_database) -> str:
+    """A migrated database of this test's own."""
+    postgres_server.ensure_running()
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    url = await create_database(postgres_server.admin_url, name, template=template_database)
+    yield url
+    await _drop_when_reachable(postgres_server, name)
+
+
+async def _drop_when_reachable(postgres_server, name: str) -> None:
+    postgres_server.ensure_running()
+    await drop_database(postgres_server.admin_url, name)
+
+
+@pytest.fixture
+async def db(database_url):
+    """An asyncpg connection to this test's migrated database."""
+    conn = await connect(database_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def redis_url(redis_server) -> str:
+    redis_server.ensure_running()
+    client = aioredis.from_url(redis_server.url)
+    await client.flushdb()
+    await client.aclose()
+    return redis_server.url
+
+
+@pytest.fixture
+def settings(database_url, redis_url) -> Settings:
+    return Settings(database_url=database_url, redis_url=redis_url, schema_dir=SCHEMA_DIR)
+
