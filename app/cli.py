@@ -9,6 +9,7 @@ import typer
 from app import run as run_module
 from app.db import connect
 from app.logs import configure_logging
+from app.metrics import start_metrics_server
 from app.migrations import migrate_database
 from app.partitions import ensure_upcoming_partitions, list_partitions
 from app.settings import Settings
@@ -37,10 +38,31 @@ def _database_url(settings: Settings) -> str:
     return settings.database_url
 
 
+def _redis_url(settings: Settings) -> str:
+    if not settings.redis_url:
+        raise typer.BadParameter(
+            "DATASTORAGE_REDIS_URL is not set (only `datastorage run` starts an embedded Redis)",
+            param_hint="environment",
+        )
+    return settings.redis_url
+
+
 @cli.command()
 def run() -> None:
     """Run the whole service; starts embedded Postgres and Redis where no URL is set. Ctrl-C stops it."""
     run_module.run(_settings())
+
+
+@cli.command()
+def consume() -> None:
+    """Consume the audit stream into Postgres (one consumer of the group; run several to scale)."""
+    from consumers.audit import create_app
+
+    settings = _settings()
+    _database_url(settings)
+    _redis_url(settings)
+    start_metrics_server(settings.metrics_port)
+    asyncio.run(create_app(settings).run())
 
 
 @cli.command()

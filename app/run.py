@@ -2,8 +2,9 @@
 
 With no `DATASTORAGE_DATABASE_URL` it starts the embedded Postgres (data in
 `<data_dir>/pgdata`), with no `DATASTORAGE_REDIS_URL` a private redis-server (AOF on, data in
-`<data_dir>/redis`); it applies the migrations, then runs the service's parts until SIGINT or
-SIGTERM, and stops what it started.
+`<data_dir>/redis`); it applies the migrations, then runs the service's parts (the audit consumer,
+partition upkeep, /metrics) in this process until SIGINT or SIGTERM, and stops what it started:
+the consumer first (its batch in hand is finished or left pending), the servers last.
 """
 
 import asyncio
@@ -16,7 +17,9 @@ from app.db import connect, create_database
 from app.embedded import EmbeddedPostgres, LocalRedis
 from app.migrations import migrate_database
 from app.partitions import ensure_upcoming_partitions
+from app.metrics import start_metrics_server
 from app.settings import Settings
+from consumers.audit import create_app
 
 log = structlog.get_logger(__name__)
 
@@ -73,12 +76,15 @@ async def serve_until_stopped(settings: Settings) -> None:
         redis_url=settings.redis_url,
         migrations_applied=[m.version for m in applied],
     )
-    await keep_partitions_ahead(settings, stop)
-    log.info("service_stopping")
+    async with create_app(settings):
+        log.info("consumer_running", consumer=settings.consumer_name)
+        await keep_partitions_ahead(settings, stop)
+        log.info("service_stopping")
 
 
 def run(settings: Settings) -> None:
     with contextlib.ExitStack() as stack:
         settings = start_embedded_servers(settings, stack)
+        start_metrics_server(settings.metrics_port)
         asyncio.run(serve_until_stopped(settings))
     log.info("service_stopped")

@@ -1,10 +1,15 @@
 """Every setting of the service, read from `DATASTORAGE_*` environment variables."""
 
+import os
+import socket
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.events import ValidationLimits
 
 # The checkout's root: `schema/` lives here, and the embedded servers keep their data below it.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +34,40 @@ class Settings(BaseSettings):
     # Monthly audit partitions kept ready ahead of the current month.
     partition_months_ahead: int = Field(default=3, ge=0, le=24)
 
+    # The audit stream (DESIGN.md fixes these names; tests give each run its own keys).
+    stream: str = "audit_events"
+    dlq_stream: str = "audit_dlq"
+    consumer_group: str = "datastorage"
+    # One name per consumer process. A stable name (a StatefulSet pod's) lets a restarted consumer
+    # take back its own pending entries at once; others are claimed after claim_idle_ms.
+    consumer_name: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+
+    batch_max_records: int = Field(default=500, ge=1, le=10_000)
+    # How long one read waits for entries; a batch is whatever arrived, up to batch_max_records.
+    batch_wait_ms: int = Field(default=100, ge=1, le=10_000)
+    max_deliveries: int = Field(default=5, ge=1)
+    claim_idle_ms: int = Field(default=60_000, ge=1_000)
+    claim_interval_s: float = Field(default=5.0, gt=0)
+    hygiene_interval_s: float = Field(default=5.0, gt=0)
+    retry_initial_s: float = Field(default=0.5, gt=0)
+    retry_max_s: float = Field(default=30.0, gt=0)
+    shutdown_timeout_s: float = Field(default=30.0, gt=0)
+    db_pool_size: int = Field(default=4, ge=1, le=100)
+
+    # Event validation
+    max_future_skew_s: float = Field(default=3600, ge=0)
+    max_json_bytes: int = Field(default=256 * 1024, ge=1024)
+    max_json_depth: int = Field(default=32, ge=2, le=1000)
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # auto: readable in a terminal, JSON otherwise (production, CI, pipes).
     log_format: Literal["auto", "json", "console"] = "auto"
 
+
+    @property
+    def validation_limits(self) -> ValidationLimits:
+        return ValidationLimits(
+            max_future_skew=timedelta(seconds=self.max_future_skew_s),
+            max_json_bytes=self.max_json_bytes,
+            max_json_depth=self.max_json_depth,
+        )

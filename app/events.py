@@ -1,0 +1,194 @@
+"""The audit event (ADR-034): one model for every producer, the consumer and the HTTP side.
+
+The model takes either Python values (HTTP JSON bodies, the producer library) or the flat strings
+of a stream entry (`app/wire.py`): timestamps as RFC 3339 strings, `event_data`/`metadata` as
+JSON text. Every rule that keeps a row storable lives here, so an event the model accepts is one
+Postgres accepts: lengths are the VARCHAR sizes, enums are the CHECKs, JSON payloads are objects
+without NUL characters, and timestamps fall inside a window that bounds which monthly partitions a
+producer can make the service create.
+"""
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+EVENT_OUTCOMES = ("success", "failure", "pending", "skipped")
+ACTOR_TYPES = ("system", "user", "service", "operator", "controller")
+# Conventional categories (ADR-034); the column takes any category up to 50 characters.
+EVENT_CATEGORIES = ("notification", "workflow", "ai", "orchestrator", "gateway", "effectiveness")
+
+# The earliest timestamp taken: older ones come from unset clocks (the epoch), not from the past.
+EARLIEST_TIMESTAMP = datetime(2000, 1, 1, tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class ValidationLimits:
+    """Limits that are settings, passed as the validation context."""
+
+    max_future_skew: timedelta = timedelta(hours=1)
+    max_json_bytes: int = 256 * 1024
+    max_json_depth: int = 32
+
+
+DEFAULT_LIMITS = ValidationLimits()
+
+
+def _text(max_length: int, *, required: bool):
+    # Required texts must say something: an empty or blank event_type is no event type.
+    pattern = r"\S" if required else None
+    return Annotated[str, Field(min_length=1 if required else 0, max_length=max_length, pattern=pattern)]
+
+
+RequiredText50 = _text(50, required=True)
+RequiredText100 = _text(100, required=True)
+RequiredText255 = _text(255, required=True)
+OptionalText50 = _text(50, required=False) | None
+OptionalText255 = _text(255, required=False) | None
+
+
+class AuditEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    event_type: RequiredText100
+    event_category: RequiredText50
+    event_outcome: Literal["success", "failure", "pending", "skipped"]
+    event_timestamp: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+
+    service_name: RequiredText100
+    service_version: OptionalText50 = None
+
+    actor_type: Literal["system", "user", "service", "operator", "controller"]
+    actor_id: OptionalText255 = None
+    actor_name: OptionalText255 = None
+
+    resource_type: RequiredText100
+    resource_id: RequiredText255
+    resource_name: OptionalText255 = None
+
+    event_data: dict[str, Any] = Field(default_factory=dict)
+
+    correlation_id: OptionalText255 = None
+    parent_event_id: uuid.UUID | None = None
+    trace_id: OptionalText255 = None
+    span_id: OptionalText255 = None
+
+    metadata: dict[str, Any] | None = None
+
+    @property
+    def event_date(self):
+        """The partition key: the UTC date of the timestamp."""
+        return self.event_timestamp.astimezone(timezone.utc).date()
+
+    @field_validator("event_timestamp", mode="before")
+    @classmethod
+    def _parse_timestamp(cls, value: Any) -> datetime:
+        if isinstance(value, str):
+            value = parse_rfc3339(value)
+        if not isinstance(value, datetime):
+            raise ValueError("must be an RFC 3339 timestamp string, e.g. 2026-11-25T17:30:00Z")
+        if value.tzinfo is None:
+            raise ValueError("must carry a UTC offset (Z or ±hh:mm)")
+        return value
+
+    @field_validator("event_data", "metadata", mode="before")
+    @classmethod
+    def _parse_json_object(cls, value: Any, info: ValidationInfo) -> Any:
+        limits = _limits(info)
+        if isinstance(value, (str, bytes)):
+            if len(value) > limits.max_json_bytes:
+                raise ValueError(f"is larger than {limits.max_json_bytes} bytes")
+            try:
+                value = orjson.loads(value)
+            except orjson.JSONDecodeError as error:
+                raise ValueError(f"is not valid JSON ({error})") from None
+        elif isinstance(value, dict) and len(orjson.dumps(value)) > limits.max_json_bytes:
+            raise ValueError(f"is larger than {limits.max_json_bytes} bytes")
+        if value is not None and not isinstance(value, dict):
+            raise ValueError("must be a JSON object")
+        if value is not None:
+            _check_json_tree(value, limits.max_json_depth)
+        return value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul_characters(cls, value: Any) -> Any:
+        # Postgres text cannot hold U+0000; refusing it here names the field.
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain NUL characters (U+0000)")
+        return value
+
+    @model_validator(mode="after")
+    def _timestamp_in_window(self, info: ValidationInfo) -> "AuditEvent":
+        limits = _limits(info)
+        latest = datetime.now(timezone.utc) + limits.max_future_skew
+        if self.event_timestamp > latest:
+            raise ValueError(
+                f"event_timestamp: is more than {limits.max_future_skew} in the future "
+                f"(clock skew allowance)"
+            )
+        if self.event_timestamp < EARLIEST_TIMESTAMP:
+            raise ValueError(f"event_timestamp: is before {EARLIEST_TIMESTAMP:%Y-%m-%d}")
+        return self
+
+    def json_fields(self) -> tuple[str, str | None]:
+        """event_data and metadata as JSON text, for storage and the wire."""
+        metadata = None if self.metadata is None else orjson.dumps(self.metadata).decode()
+        return orjson.dumps(self.event_data).decode(), metadata
+
+
+def _limits(info: ValidationInfo) -> ValidationLimits:
+    return info.context if isinstance(info.context, ValidationLimits) else DEFAULT_LIMITS
+
+
+def _check_json_tree(value: Any, max_depth: int) -> None:
+    """Raises when the JSON tree is nested deeper than `max_depth` or holds a NUL character."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            raise ValueError(f"is nested deeper than {max_depth} levels")
+        if isinstance(node, dict):
+            for key, child in node.items():
+                if "\x00" in key:
+                    raise ValueError("must not contain NUL characters (U+0000)")
+                stack.append((child, depth + 1))
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1) for child in node)
+        elif isinstance(node, str) and "\x00" in node:
+            raise ValueError("must not contain NUL characters (U+0000)")
+
+
+def parse_rfc3339(text: str) -> datetime:
+    """`2026-11-25T17:30:00Z`, `…+02:00`, with or without fractions; a date alone is refused."""
+    if len(text) < 19 or text[10] not in "Tt ":
+        raise ValueError("must be an RFC 3339 timestamp, e.g. 2026-11-25T17:30:00Z")
+    try:
+        value = datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError("must be an RFC 3339 timestamp, e.g. 2026-11-25T17:30:00Z") from None
+    if value.tzinfo is None:
+        raise ValueError("must carry a UTC offset (Z or ±hh:mm)")
+    return value
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One short line naming each bad field: `event_outcome: Input should be …; …`."""
+    parts = []
+    for item in error.errors(include_url=False):
+        field = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        parts.append(f"{field}: {message}" if field else message)
+    return "; ".join(parts)

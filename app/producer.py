@@ -1,0 +1,141 @@
+"""Publishing audit events from a Python service: one call per event or a pipelined batch.
+
+    from app.producer import AuditProducer, notification_audit_event
+
+    producer = AuditProducer(redis.asyncio.Redis.from_url("redis://…"))
+    await producer.publish(notification_audit_event("notif-1", "sent", "ops@example.com", "email"))
+
+Services in other languages XADD the same flat fields (README: "Producing events").
+"""
+
+from collections.abc import Iterable
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from app.events import AuditEvent
+from app.wire import encode_event
+
+DEFAULT_STREAM = "audit_events"
+
+
+class AuditProducer:
+    def __init__(self, client: aioredis.Redis, stream: str = DEFAULT_STREAM):
+        self.client = client
+        self.stream = stream
+
+    async def publish(self, event: AuditEvent) -> str:
+        """XADDs one event; returns the entry id once Redis has it."""
+        entry_id = await self.client.xadd(self.stream, encode_event(event))
+        return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+
+    async def publish_many(self, events: Iterable[AuditEvent]) -> list[str]:
+        """XADDs many events in one round trip (a pipeline, not a transaction)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for event in events:
+                pipe.xadd(self.stream, encode_event(event))
+            entry_ids = await pipe.execute()
+        return [i.decode() if isinstance(i, bytes) else i for i in entry_ids]
+
+
+def new_audit_event(
+    event_type: str,
+    event_category: str,
+    event_outcome: str,
+    *,
+    service_name: str,
+    actor_type: str,
+    resource_type: str,
+    resource_id: str,
+    event_data: dict[str, Any] | None = None,
+    **optional: Any,
+) -> AuditEvent:
+    """An event with a fresh id and the current time; `optional` takes any other ADR-034 field."""
+    return AuditEvent(
+        event_type=event_type,
+        event_category=event_category,
+        event_outcome=event_outcome,
+        service_name=service_name,
+        actor_type=actor_type,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        event_data=event_data or {},
+        **optional,
+    )
+
+
+# A notification's status -> the event's outcome.
+_NOTIFICATION_OUTCOMES = {
+    "sent": "success", "delivered": "success", "acknowledged": "success",
+    "failed": "failure", "bounced": "failure", "rejected": "failure",
+    "pending": "pending", "queued": "pending", "retrying": "pending",
+    "skipped": "skipped", "suppressed": "skipped",
+}
+
+
+def notification_audit_event(
+    notification_id: str,
+    status: str,
+    recipient: str,
+    channel: str,
+    extra: dict[str, Any] | None = None,
+    *,
+    service_name: str = "notification-controller",
+    **optional: Any,
+) -> AuditEvent:
+    return new_audit_event(
+        f"notification.{status}",
+        "notification",
+        _NOTIFICATION_OUTCOMES.get(status, "success"),
+        service_name=service_name,
+        actor_type="controller",
+        resource_type="notification",
+        resource_id=notification_id,
+        event_data={"recipient": recipient, "channel": channel, "status": status, **(extra or {})},
+        **optional,
+    )
+
+
+def workflow_audit_event(
+    workflow_id: str,
+    phase: str,
+    status: str,
+    extra: dict[str, Any] | None = None,
+    *,
+    outcome: str = "success",
+    service_name: str = "workflow-execution-controller",
+    **optional: Any,
+) -> AuditEvent:
+    return new_audit_event(
+        f"workflow.{phase}",
+        "workflow",
+        outcome,
+        service_name=service_name,
+        actor_type="controller",
+        resource_type="workflow",
+        resource_id=workflow_id,
+        event_data={"phase": phase, "status": status, **(extra or {})},
+        **optional,
+    )
+
+
+def ai_analysis_audit_event(
+    analysis_id: str,
+    analysis_type: str,
+    extra: dict[str, Any] | None = None,
+    *,
+    outcome: str = "success",
+    service_name: str = "ai-service",
+    **optional: Any,
+) -> AuditEvent:
+    return new_audit_event(
+        f"ai.analysis.{analysis_type}",
+        "ai",
+        outcome,
+        service_name=service_name,
+        actor_type="service",
+        resource_type="analysis",
+        resource_id=analysis_id,
+        event_data={"analysis_type": analysis_type, **(extra or {})},
+        **optional,
+    )

@@ -1,0 +1,96 @@
+"""The stream wire format, both ways: flat string fields of an XADD <-> `AuditEvent`.
+
+Any service can produce (Go, Python, a shell with redis-cli): the fields are the event's own names,
+every value a string, `event_data`/`metadata` as JSON text. An entry without `event_id` or
+`event_timestamp` gets them derived from the stream key and entry id, so a redelivered entry maps to
+the same row (and the insert's ON CONFLICT makes it a no-op).
+"""
+
+import uuid
+from datetime import datetime, timezone
+
+from pydantic import ValidationError
+
+from app.events import DEFAULT_LIMITS, AuditEvent, ValidationLimits, describe_validation_error
+
+# Namespace of the event ids derived from (stream, entry id); never change it.
+ENTRY_ID_NAMESPACE = uuid.UUID("6f0b9a52-8f0e-4d7c-9d55-2f4c1e0a7b31")
+
+EVENT_FIELDS = frozenset(AuditEvent.model_fields)
+# FastStream reads a field of this name as its own envelope: a producer must never send it.
+RESERVED_FIELD = "data"
+
+
+class InvalidEntry(ValueError):
+    """An entry that can never become a row; the message names the field and the problem."""
+
+
+def entry_id_time(entry_id: str) -> datetime:
+    """The time Redis gave the entry: the milliseconds part of its id."""
+    return datetime.fromtimestamp(int(entry_id.split("-", 1)[0]) / 1000, tz=timezone.utc)
+
+
+def derived_event_id(stream: str, entry_id: str) -> uuid.UUID:
+    return uuid.uuid5(ENTRY_ID_NAMESPACE, f"{stream}/{entry_id}")
+
+
+def decode_entry(
+    stream: str,
+    entry_id: str,
+    fields: dict[bytes, bytes],
+    limits: ValidationLimits = DEFAULT_LIMITS,
+) -> AuditEvent:
+    """Decodes one stream entry; raises `InvalidEntry` saying why it can never be stored."""
+    values: dict[str, str] = {}
+    for raw_name, raw_value in fields.items():
+        try:
+            name = raw_name.decode()
+        except UnicodeDecodeError:
+            raise InvalidEntry(f"a field name is not valid UTF-8: {raw_name[:40]!r}") from None
+        if name == RESERVED_FIELD:
+            raise InvalidEntry(
+                "data: field name reserved (FastStream reads it as its own envelope); "
+                "send the payload as event_data"
+            )
+        if name not in EVENT_FIELDS:
+            raise InvalidEntry(f"{name[:60]}: unknown field")
+        try:
+            values[name] = raw_value.decode()
+        except UnicodeDecodeError:
+            raise InvalidEntry(f"{name}: value is not valid UTF-8") from None
+    values.setdefault("event_id", str(derived_event_id(stream, entry_id)))
+    values.setdefault("event_timestamp", entry_id_time(entry_id).isoformat())
+    try:
+        return AuditEvent.model_validate(values, context=limits)
+    except ValidationError as error:
+        raise InvalidEntry(describe_validation_error(error)) from None
+
+
+def encode_event(event: AuditEvent) -> dict[str, str]:
+    """The flat fields to XADD for `event`; unset optional fields are left out."""
+    event_data, metadata = event.json_fields()
+    fields = {
+        "event_id": str(event.event_id),
+        "event_type": event.event_type,
+        "event_category": event.event_category,
+        "event_outcome": event.event_outcome,
+        "event_timestamp": event.event_timestamp.isoformat(),
+        "service_name": event.service_name,
+        "actor_type": event.actor_type,
+        "resource_type": event.resource_type,
+        "resource_id": event.resource_id,
+        "event_data": event_data,
+    }
+    optional = {
+        "service_version": event.service_version,
+        "actor_id": event.actor_id,
+        "actor_name": event.actor_name,
+        "resource_name": event.resource_name,
+        "correlation_id": event.correlation_id,
+        "parent_event_id": None if event.parent_event_id is None else str(event.parent_event_id),
+        "trace_id": event.trace_id,
+        "span_id": event.span_id,
+        "metadata": metadata,
+    }
+    fields.update({name: value for name, value in optional.items() if value is not None})
+    return fields

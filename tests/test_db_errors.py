@@ -1,0 +1,42 @@
+"""Classifying write failures by SQLSTATE, as the plan's error tables do."""
+
+import asyncio
+
+import asyncpg
+import pytest
+import redis
+
+from app.db_errors import ErrorKind, classify, classify_sqlstate
+
+
+@pytest.mark.parametrize("sqlstate", ["40P01", "40001", "55P03", "53300", "57P01", "57P02", "57P03",
+                                      "08006", "08001", "25006", "42P01", "58030", "53100"])
+def test_transient_sqlstates(sqlstate):
+    assert classify_sqlstate(sqlstate) is ErrorKind.TRANSIENT
+
+
+@pytest.mark.parametrize("sqlstate", ["23505", "23503", "23514", "23502", "22P02", "22001", "22021",
+                                      "54000"])
+def test_permanent_sqlstates(sqlstate):
+    assert classify_sqlstate(sqlstate) is ErrorKind.PERMANENT
+
+
+@pytest.mark.parametrize("sqlstate", ["57014", "XX000", "42601"])
+def test_ambiguous_sqlstates(sqlstate):
+    assert classify_sqlstate(sqlstate) is ErrorKind.AMBIGUOUS
+
+
+def test_connection_failures_are_transient():
+    for error in (ConnectionRefusedError(), asyncio.TimeoutError(),
+                  asyncpg.ConnectionDoesNotExistError("closed"), redis.ConnectionError("down")):
+        assert classify(error) is ErrorKind.TRANSIENT
+
+
+def test_values_asyncpg_cannot_encode_are_the_entries_fault():
+    assert classify(asyncpg.DataError("invalid input")) is ErrorKind.PERMANENT
+
+
+def test_postgres_errors_are_classified_by_their_sqlstate():
+    assert classify(asyncpg.DeadlockDetectedError("deadlock")) is ErrorKind.TRANSIENT
+    assert classify(asyncpg.CheckViolationError("check")) is ErrorKind.PERMANENT
+    assert classify(asyncpg.QueryCanceledError("cancelled")) is ErrorKind.AMBIGUOUS
