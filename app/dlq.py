@@ -1,9 +1,11 @@
 """The dead-letter stream `audit_dlq`: entries that can never be stored, each with its reason.
 
 A dead letter keeps the original fields byte for byte and adds `dlq_reason`, `dlq_error`,
-`source_stream`, `source_id`, `delivery_count` and `failed_at`. It is written and the original is
-acknowledged in one MULTI/EXEC, so an entry is either still pending or in the DLQ, never neither
-and never both. The DLQ is never trimmed by the service.
+`source_stream`, `source_id`, `delivery_count` and `failed_at`. One Lua script checks that the
+entry is still pending for this consumer, writes the dead letter and acknowledges the original,
+atomically: an entry is either still pending or in the DLQ, never neither and never twice (when
+two consumers, or a consumer's own recovery, hold the same entry, only the first writes it).
+The DLQ is never trimmed by the service.
 """
 
 from collections.abc import Sequence
@@ -50,20 +52,49 @@ def original_fields(dlq_entry: dict[bytes, bytes]) -> dict[bytes, bytes]:
     return {k: v for k, v in dlq_entry.items() if k.decode(errors="replace") not in DLQ_FIELDS}
 
 
+# KEYS: stream, dlq. ARGV: group, consumer, then per letter: id, must_be_pending (1/0),
+# field count, fields... Returns the ids written.
+_DEAD_LETTER_SCRIPT = """
+local stream, dlq, group, consumer = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
+local written = {}
+local i = 3
+while i <= #ARGV do
+    local id, must_be_pending, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+    local held = must_be_pending == '0'
+        or #redis.call('XPENDING', stream, group, id, id, 1, consumer) == 1
+    if held then
+        redis.call('XADD', dlq, '*', unpack(ARGV, i + 3, i + 2 + n))
+        redis.call('XACK', stream, group, id)
+        table.insert(written, id)
+    end
+    i = i + 3 + n
+end
+return written
+"""
+
+
 async def dead_letter(
     client: aioredis.Redis,
     letters: Sequence[DeadLetter],
     *,
     source_stream: str,
     group: str,
+    consumer: str,
     dlq_stream: str,
-) -> None:
-    """XADDs the dead letters and XACKs their originals, atomically."""
+) -> list[DeadLetter]:
+    """Writes the dead letters of entries still pending for `consumer` and acknowledges their
+    originals, atomically; returns those it wrote. A letter for an entry Redis already dropped
+    from the pending list (deleted from the stream) is written without that check."""
     if not letters:
-        return
+        return []
     failed_at = datetime.now(timezone.utc)
-    async with client.pipeline(transaction=True) as pipe:
-        for letter in letters:
-            pipe.xadd(dlq_stream, dead_letter_fields(letter, source_stream, failed_at))
-        pipe.xack(source_stream, group, *(letter.entry_id for letter in letters))
-        await pipe.execute()
+    args: list = [group, consumer]
+    for letter in letters:
+        fields = dead_letter_fields(letter, source_stream, failed_at)
+        must_be_pending = "0" if letter.reason == REASON_ENTRY_DELETED and not letter.fields else "1"
+        args += [letter.entry_id, must_be_pending, 2 * len(fields)]
+        for name, value in fields.items():
+            args += [name, value]
+    written = await client.eval(_DEAD_LETTER_SCRIPT, 2, source_stream, dlq_stream, *args)
+    written_ids = {w.decode() if isinstance(w, bytes) else w for w in written}
+    return [letter for letter in letters if letter.entry_id in written_ids]

@@ -23,7 +23,8 @@ class Settings(BaseSettings):
     redis_url: str | None = None
 
     http_port: int = Field(default=8080, ge=1, le=65535)
-    metrics_port: int = Field(default=9090, ge=1, le=65535)
+    # 0 turns the /metrics listener off (several consumers on one machine, in tests).
+    metrics_port: int = Field(default=9090, ge=0, le=65535)
 
     # Where `datastorage run` keeps the embedded Postgres and Redis data (git ignores it).
     data_dir: Path = PROJECT_ROOT / ".datastorage"

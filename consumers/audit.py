@@ -92,17 +92,16 @@ class AuditConsumer:
         self.ingestor = AuditIngestor(self.settings, self.redis, AuditStore(self.pool))
         await ensure_group(self.redis, self.settings)
         log.info("consumer_starting", consumer=self.settings.consumer_name, stream=self.settings.stream)
+        # Before the subscriber reads anything new: otherwise the history read would deliver
+        # its first batch a second time.
+        await recover_own_pending(self.ingestor)
 
     async def start_background(self) -> None:
-        async def recover_then_claim() -> None:
-            await recover_own_pending(self.ingestor)
-            await run_periodically(
+        self._background = [
+            asyncio.create_task(run_periodically(
                 "claim", self.settings.claim_interval_s, self._stop_background,
                 lambda: claim_idle_entries(self.ingestor),
-            )
-
-        self._background = [
-            asyncio.create_task(recover_then_claim()),
+            )),
             asyncio.create_task(run_periodically(
                 "stream_upkeep", self.settings.hygiene_interval_s, self._stop_background,
                 lambda: upkeep_stream(self.redis, self.settings),

@@ -154,14 +154,15 @@ class AuditIngestor:
     async def _dead_letter(self, letters: list[DeadLetter]) -> None:
         if not letters:
             return
-        await dead_letter(
+        written = await dead_letter(
             self.redis,
             letters,
             source_stream=self.settings.stream,
             group=self.settings.consumer_group,
+            consumer=self.settings.consumer_name,
             dlq_stream=self.settings.dlq_stream,
         )
-        for letter in letters:
+        for letter in written:
             metrics.DLQ_ENTRIES.labels(letter.reason).inc()
             metrics.AUDIT_WRITES.labels("dead_lettered").inc()
             correlation_id = letter.fields.get(b"correlation_id", b"").decode(errors="replace") or None
