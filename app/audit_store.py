@@ -34,8 +34,11 @@ COLUMNS = (
     ("metadata", "jsonb"),
 )
 
-# One array parameter per column, unnested into rows: a whole batch is one statement (one
-# transaction), and a redelivered event (same event_id and event_date) is skipped, not doubled.
+COLUMN_NAMES = [name for name, _ in COLUMNS]
+
+# The idempotent path, for a batch in which some events are stored already (a redelivery): one
+# array parameter per column unnested into rows, and an event already there (same event_id and
+# event_date) is skipped, not doubled.
 INSERT_BATCH = (
     f"INSERT INTO audit_events ({', '.join(name for name, _ in COLUMNS)}) "
     f"SELECT * FROM unnest({', '.join(f'${n}::{kind}[]' for n, (_, kind) in enumerate(COLUMNS, 1))}) "
@@ -65,22 +68,28 @@ class AuditStore:
         """Stores `events` in one transaction; returns how many were new (the rest existed)."""
         if not events:
             return 0
-        columns = list(zip(*(row_values(event) for event in events)))
+        records = [row_values(event) for event in events]
         await self.ensure_partitions(events)
         try:
-            return await self._insert_columns(columns)
+            return await self._write(records)
         except asyncpg.CheckViolationError as error:
             if "no partition of relation" not in str(error):
                 raise
             # A partition was dropped behind our back (retention run by hand?): look again, once.
             self._months_with_partition = None
             await self.ensure_partitions(events)
-            return await self._insert_columns(columns)
+            return await self._write(records)
 
-    async def _insert_columns(self, columns: list[tuple]) -> int:
+    async def _write(self, records: list[tuple]) -> int:
+        """COPY first: one statement, all or nothing, and 1.6 times the rows/s of the INSERT
+        (ops/bench/ingest.py). A duplicate key means a redelivery: then the idempotent INSERT."""
         async with self.pool.acquire() as conn:
-            status = await conn.execute(INSERT_BATCH, *columns)
-        return int(status.rsplit(" ", 1)[-1])
+            try:
+                await conn.copy_records_to_table("audit_events", records=records, columns=COLUMN_NAMES)
+                return len(records)
+            except asyncpg.UniqueViolationError:
+                status = await conn.execute(INSERT_BATCH, *zip(*records))
+                return int(status.rsplit(" ", 1)[-1])
 
     async def ensure_partitions(self, events: Sequence[AuditEvent]) -> None:
         months = {month_start(event.event_date) for event in events}

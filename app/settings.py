@@ -1,6 +1,7 @@
 """Every setting of the service, read from `DATASTORAGE_*` environment variables."""
 
 import os
+from functools import cached_property
 import socket
 from datetime import timedelta
 from pathlib import Path
@@ -65,7 +66,7 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
 
 
-    @property
+    @cached_property
     def validation_limits(self) -> ValidationLimits:
         return ValidationLimits(
             max_future_skew=timedelta(seconds=self.max_future_skew_s),

@@ -58,8 +58,10 @@ def decode_entry(
             values[name] = raw_value.decode()
         except UnicodeDecodeError:
             raise InvalidEntry(f"{name}: value is not valid UTF-8") from None
-    values.setdefault("event_id", str(derived_event_id(stream, entry_id)))
-    values.setdefault("event_timestamp", entry_id_time(entry_id).isoformat())
+    if not values.get("event_id"):
+        values["event_id"] = str(derived_event_id(stream, entry_id))
+    if not values.get("event_timestamp"):
+        values["event_timestamp"] = entry_id_time(entry_id).isoformat()
     try:
         return AuditEvent.model_validate(values, context=limits)
     except ValidationError as error:

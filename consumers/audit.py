@@ -111,7 +111,8 @@ class AuditConsumer:
     async def begin_shutdown(self) -> None:
         """Stop reading: a batch waiting for a retry gives up (stays pending); one being written
         finishes (FastStream waits up to graceful_timeout)."""
-        self.ingestor.stopping.set()
+        if self.ingestor is not None:  # None when stopped before start-up finished
+            self.ingestor.stopping.set()
         self._stop_background.set()
         await asyncio.gather(*self._background, return_exceptions=True)
 

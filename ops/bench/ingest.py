@@ -1,0 +1,275 @@
+"""Ingestion benchmark: the whole pipeline against raw COPY, on fresh private servers.
+
+    .venv/bin/python ops/bench/ingest.py [--events 200000] [--consumers 2] [--latency-seconds 30]
+
+(a) baseline: raw COPY of N prepared rows into `audit_events` (same schema, own database; the
+    better of two runs on fresh databases);
+(b) pipeline: N prepared events XADDed by a pipelined producer while `datastorage consume`
+    processes run; time from the first XADD to the commit of the last row;
+(c) latency: events XADDed at a steady 2,000/s; per event, the commit time of its row minus its
+    event_timestamp (set just before its XADD).
+
+Commit times are exact: the private Postgres runs with `track_commit_timestamp = on` and each row's
+commit time is `pg_xact_commit_timestamp(xmin)`. Prints progress, then one JSON line.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+import redis.asyncio as aioredis
+from rich.console import Console
+from rich.progress import Progress
+
+from app.audit_store import COLUMNS, row_values
+from app.db import connect, create_database
+from app.embedded import EmbeddedPostgres, LocalRedis
+from app.migrations import migrate_database
+from app.producer import new_audit_event
+from app.settings import PROJECT_ROOT
+from app.wire import encode_event
+
+DATASTORAGE = str(Path(sys.executable).parent / "datastorage")
+console = Console(stderr=True)
+
+
+def make_events(count: int, *, stamp_now: bool = False) -> list:
+    return [
+        new_audit_event(
+            "notification.sent", "notification", "success",
+            service_name="notification-controller", actor_type="controller",
+            resource_type="notification", resource_id=f"notif-{n}", correlation_id=f"rem-{n // 20}",
+            event_data={"channel": "email", "recipient": f"user{n % 5000}@example.com", "attempt": 1,
+                        "namespace": f"ns-{n % 50}", "reason": "CrashLoopBackOff"},
+        )
+        for n in range(count)
+    ]
+
+
+async def copy_baseline(url: str, events: list) -> float:
+    records = [row_values(event) for event in events]
+    conn = await connect(url)
+    try:
+        started = time.perf_counter()
+        await conn.copy_records_to_table(
+            "audit_events", records=records, columns=[name for name, _ in COLUMNS]
+        )
+        return len(records) / (time.perf_counter() - started)
+    finally:
+        await conn.close()
+
+
+def start_consumers(database_url: str, redis_url: str, count: int, log_dir: Path) -> list[subprocess.Popen]:
+    processes = []
+    for n in range(count):
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("DATASTORAGE_")},
+            "DATASTORAGE_DATABASE_URL": database_url,
+            "DATASTORAGE_REDIS_URL": redis_url,
+            "DATASTORAGE_CONSUMER_NAME": f"bench-{n}",
+            "DATASTORAGE_METRICS_PORT": "0",
+            "DATASTORAGE_LOG_FORMAT": "json",
+        }
+        log = open(log_dir / f"consumer-{n}.log", "w")
+        processes.append(subprocess.Popen([DATASTORAGE, "consume"], env=env, stdout=log, stderr=log))
+    return processes
+
+
+def stop_consumers(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.wait(timeout=60)
+
+
+async def wait_for_rows(url: str, expected: int, progress: Progress, task, timeout: float) -> None:
+    conn = await connect(url)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            stored = await conn.fetchval("SELECT count(*) FROM audit_events")
+            progress.update(task, completed=stored)
+            if stored >= expected:
+                return
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"only {stored} of {expected} rows after {timeout} s")
+    finally:
+        await conn.close()
+
+
+def resp_xadd(stream: str, fields: dict[str, str]) -> bytes:
+    """One XADD in the Redis protocol (RESP), ready to send."""
+    parts = [b"XADD", stream.encode(), b"*"]
+    for name, value in fields.items():
+        parts += [name.encode(), value.encode()]
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+
+
+async def produce_pipelined(redis_url: str, commands: list[bytes], progress: Progress, task) -> None:
+    """Sends prepared XADDs 1,000 at a time on one connection and waits for every reply: the
+    fastest a producer can be, so the benchmark measures the consumers, not the producer."""
+    url = urlsplit(redis_url)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    try:
+        for offset in range(0, len(commands), 1000):
+            chunk = commands[offset:offset + 1000]
+            writer.write(b"".join(chunk))
+            await writer.drain()
+            for _ in chunk:  # each reply: "$<n>" then the entry id
+                header = await reader.readline()
+                if not header.startswith(b"$"):
+                    raise RuntimeError(f"XADD failed: {header!r}")
+                await reader.readline()
+            progress.update(task, completed=offset + len(chunk))
+    finally:
+        writer.close()
+
+
+async def pipeline_run(url: str, redis_url: str, events: list, consumers: int, log_dir: Path,
+                       progress: Progress) -> dict:
+    commands = [resp_xadd("audit_events", encode_event(event)) for event in events]
+    processes = start_consumers(url, redis_url, consumers, log_dir)
+    try:
+        await asyncio.sleep(3)  # consumers up and reading
+        produce = progress.add_task("(b) XADD", total=len(commands))
+        store = progress.add_task("(b) stored", total=len(commands))
+        first_xadd = datetime.now(timezone.utc)
+        await produce_pipelined(redis_url, commands, progress, produce)
+        xadd_seconds = (datetime.now(timezone.utc) - first_xadd).total_seconds()
+        await wait_for_rows(url, len(commands), progress, store, timeout=600)
+    finally:
+        stop_consumers(processes)
+    conn = await connect(url)
+    try:
+        last_commit = await conn.fetchval("SELECT max(pg_xact_commit_timestamp(xmin)) FROM audit_events")
+        counts = await conn.fetchrow("SELECT count(*) AS n, count(DISTINCT event_id) AS d FROM audit_events")
+    finally:
+        await conn.close()
+    seconds = (last_commit - first_xadd).total_seconds()
+    return {
+        "events_per_s": round(len(commands) / seconds),
+        "pipeline_seconds": round(seconds, 2),
+        "producer_events_per_s": round(len(commands) / xadd_seconds),
+        "lost": len(commands) - counts["d"],
+        "duplicated": counts["n"] - counts["d"],
+    }
+
+
+async def latency_run(url: str, redis_url: str, rate: int, seconds: float, consumers: int,
+                      log_dir: Path, progress: Progress) -> dict:
+    client = aioredis.from_url(redis_url)
+    processes = start_consumers(url, redis_url, consumers, log_dir)
+    total = int(rate * seconds)
+    template = make_events(total)
+    try:
+        await asyncio.sleep(3)
+        task = progress.add_task(f"(c) {rate}/s", total=total)
+        tick = 0.01
+        per_tick = max(1, int(rate * tick))
+        started = time.perf_counter()
+        sent = 0
+        while sent < total:
+            batch = template[sent:sent + per_tick]
+            now = datetime.now(timezone.utc)
+            async with client.pipeline(transaction=False) as pipe:
+                for event in batch:
+                    pipe.xadd("audit_events", encode_event(event.model_copy(update={"event_timestamp": now})))
+                await pipe.execute()
+            sent += len(batch)
+            progress.update(task, completed=sent)
+            # Paced by the clock, not by sleeps: a late tick is caught up, not dropped.
+            delay = started + (sent / rate) - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        store = progress.add_task("(c) stored", total=total)
+        await wait_for_rows(url, total, progress, store, timeout=300)
+    finally:
+        stop_consumers(processes)
+        await client.aclose()
+    conn = await connect(url)
+    try:
+        row = await conn.fetchrow(
+            """
+            SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS p50,
+                   percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) AS p99,
+                   max(ms) AS max, count(*) AS n, count(DISTINCT event_id) AS d
+            FROM (SELECT event_id, extract(epoch FROM pg_xact_commit_timestamp(xmin) - event_timestamp) * 1000 AS ms
+                  FROM audit_events) AS latencies
+            """
+        )
+    finally:
+        await conn.close()
+    return {
+        "latency_rate_per_s": rate,
+        "latency_events": total,
+        "p50_ms": round(float(row["p50"]), 1),
+        "p99_ms": round(float(row["p99"]), 1),
+        "max_ms": round(float(row["max"]), 1),
+        "latency_lost": total - row["d"],
+        "latency_duplicated": row["n"] - row["d"],
+    }
+
+
+async def main(args) -> dict:
+    with tempfile.TemporaryDirectory(prefix="ingest-bench-") as tmp:
+        tmp = Path(tmp)
+        postgres = EmbeddedPostgres(tmp / "pgdata", delete_on_close=True)
+        postgres.start()
+        redis_server = LocalRedis(tmp / "redis", appendonly=True, appendfsync="everysec")
+        try:
+            conn = await connect(postgres.url())
+            await conn.execute("ALTER SYSTEM SET track_commit_timestamp = on")
+            await conn.close()
+            postgres.stop()
+            postgres.start()
+            redis_server.start()
+            urls = {}
+            for name in ("copy", "copy2", "pipeline", "latency"):
+                urls[name] = await create_database(postgres.url(), f"bench_{name}")
+                await migrate_database(urls[name], PROJECT_ROOT / "schema", months_ahead=1)
+
+            events = make_events(args.events)
+            with Progress(console=console) as progress:
+                copy_task = progress.add_task("(a) COPY", total=2)
+                copy_rates = []
+                for name in ("copy", "copy2"):  # best of two: the first pays for a cold cache
+                    copy_rates.append(await copy_baseline(urls[name], events))
+                    progress.advance(copy_task)
+                copy_rate = max(copy_rates)
+                pipeline = await pipeline_run(urls["pipeline"], redis_server.url, events,
+                                              args.consumers, tmp, progress)
+                client = aioredis.from_url(redis_server.url)
+                await client.flushdb()
+                await client.aclose()
+                latency = await latency_run(urls["latency"], redis_server.url, args.rate,
+                                            args.latency_seconds, args.consumers, tmp, progress)
+        finally:
+            redis_server.stop()
+            postgres.close()
+    return {
+        "events": args.events,
+        "consumers": args.consumers,
+        "events_per_s": pipeline["events_per_s"],
+        "copy_rows_per_s": round(copy_rate),
+        "ratio": round(pipeline["events_per_s"] / copy_rate, 3),
+        **{k: v for k, v in pipeline.items() if k != "events_per_s"},
+        **latency,
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--consumers", type=int, default=2, help="consumer processes (one per core)")
+    parser.add_argument("--rate", type=int, default=2000, help="events/s of the latency run")
+    parser.add_argument("--latency-seconds", type=float, default=30)
+    print(json.dumps(asyncio.run(main(parser.parse_args()))))
