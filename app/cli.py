@@ -66,6 +66,18 @@ def consume() -> None:
 
 
 @cli.command()
+def serve() -> None:
+    """Serve the HTTP API (audit queries and writes, health) on DATASTORAGE_HTTP_PORT."""
+    from app.api.server import serve as serve_api
+
+    settings = _settings()
+    _database_url(settings)
+    _redis_url(settings)
+    start_metrics_server(settings.metrics_port)
+    serve_api(settings)
+
+
+@cli.command()
 def migrate() -> None:
     """Apply the schema migrations and create the upcoming monthly partitions."""
     settings = _settings()

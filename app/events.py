@@ -41,6 +41,8 @@ class ValidationLimits:
     max_future_skew: timedelta = timedelta(hours=1)
     max_json_bytes: int = 256 * 1024
     max_json_depth: int = 32
+    # Stream entries carry event_data/metadata as JSON text; HTTP bodies as JSON objects.
+    json_as_text: bool = False
 
 
 DEFAULT_LIMITS = ValidationLimits()
@@ -108,15 +110,20 @@ class AuditEvent(BaseModel):
     @classmethod
     def _parse_json_object(cls, value: Any, info: ValidationInfo) -> Any:
         limits = _limits(info)
-        if isinstance(value, (str, bytes)):
+        if isinstance(value, (str, bytes)) and limits.json_as_text:
             if len(value) > limits.max_json_bytes:
                 raise ValueError(f"is larger than {limits.max_json_bytes} bytes")
             try:
                 value = orjson.loads(value)
             except orjson.JSONDecodeError as error:
                 raise ValueError(f"is not valid JSON ({error})") from None
-        elif isinstance(value, dict) and len(orjson.dumps(value)) > limits.max_json_bytes:
-            raise ValueError(f"is larger than {limits.max_json_bytes} bytes")
+        elif isinstance(value, dict):
+            try:
+                size = len(orjson.dumps(value))
+            except orjson.JSONEncodeError as error:
+                raise ValueError(f"cannot be written as JSON ({error})") from None
+            if size > limits.max_json_bytes:
+                raise ValueError(f"is larger than {limits.max_json_bytes} bytes")
         if value is not None and not isinstance(value, dict):
             raise ValueError("must be a JSON object")
         if value is not None:

@@ -50,6 +50,18 @@ DB_CONNECTIONS_IN_USE = Gauge(
     "datastorage_db_connections_in_use", "Postgres connections of this process in use."
 )
 
+HTTP_REQUESTS = Counter(
+    "datastorage_http_requests_total",
+    "HTTP requests by method, route (the path template) and status.",
+    ["method", "route", "status"],
+)
+HTTP_REQUEST_DURATION = Histogram(
+    "datastorage_http_request_duration_seconds",
+    "HTTP request latency by method, route and status.",
+    ["method", "route", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
 
 def start_metrics_server(port: int) -> None:
     """Serves /metrics on `port` in a thread (0: not at all, e.g. several consumers in one test)."""

@@ -3,7 +3,7 @@
 With no `DATASTORAGE_DATABASE_URL` it starts the embedded Postgres (data in
 `<data_dir>/pgdata`), with no `DATASTORAGE_REDIS_URL` a private redis-server (AOF on, data in
 `<data_dir>/redis`); it applies the migrations, then runs the service's parts (the audit consumer,
-partition upkeep, /metrics) in this process until SIGINT or SIGTERM, and stops what it started:
+the HTTP API, partition upkeep, /metrics) in this process until SIGINT or SIGTERM, and stops what it started:
 the consumer first (its batch in hand is finished or left pending), the servers last.
 """
 
@@ -19,7 +19,8 @@ from app.migrations import migrate_database
 from app.partitions import ensure_upcoming_partitions
 from app.metrics import start_metrics_server
 from app.settings import Settings
-from consumers.audit import create_app
+from app.api.server import InProcessServer, uvicorn_config
+from consumers.audit import create_app as create_consumer_app
 
 log = structlog.get_logger(__name__)
 
@@ -76,10 +77,16 @@ async def serve_until_stopped(settings: Settings) -> None:
         redis_url=settings.redis_url,
         migrations_applied=[m.version for m in applied],
     )
-    async with create_app(settings):
-        log.info("consumer_running", consumer=settings.consumer_name)
+    http = InProcessServer(uvicorn_config(settings))
+    async with create_consumer_app(settings):
+        http_task = asyncio.create_task(http.serve())
+        log.info("service_running", consumer=settings.consumer_name, http_port=settings.http_port,
+                 metrics_port=settings.metrics_port)
         await keep_partitions_ahead(settings, stop)
         log.info("service_stopping")
+        # The API first (no new writes accepted), then the consumer (its batch in hand finishes).
+        http.should_exit = True
+        await http_task
 
 
 def run(settings: Settings) -> None:

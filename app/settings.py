@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     database_url: str | None = None
     redis_url: str | None = None
 
+    http_host: str = "0.0.0.0"
     http_port: int = Field(default=8080, ge=1, le=65535)
     # 0 turns the /metrics listener off (several consumers on one machine, in tests).
     metrics_port: int = Field(default=9090, ge=0, le=65535)
@@ -61,6 +62,11 @@ class Settings(BaseSettings):
     max_json_bytes: int = Field(default=256 * 1024, ge=1024)
     max_json_depth: int = Field(default=32, ge=2, le=1000)
 
+    # HTTP API. Tokens: comma-separated, or one per line in a file; none configured = no auth.
+    api_tokens: str | None = None
+    api_tokens_file: Path | None = None
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # auto: readable in a terminal, JSON otherwise (production, CI, pipes).
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -73,3 +79,9 @@ class Settings(BaseSettings):
             max_json_bytes=self.max_json_bytes,
             max_json_depth=self.max_json_depth,
         )
+
+    def api_token_set(self) -> frozenset[str]:
+        tokens = [t.strip() for t in (self.api_tokens or "").split(",")]
+        if self.api_tokens_file is not None:
+            tokens += [line.strip() for line in self.api_tokens_file.read_text().splitlines()]
+        return frozenset(t for t in tokens if t)

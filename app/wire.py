@@ -7,6 +7,8 @@ the same row (and the insert's ON CONFLICT makes it a no-op).
 """
 
 import uuid
+from dataclasses import replace
+from functools import lru_cache
 from datetime import datetime, timezone
 
 from pydantic import ValidationError
@@ -63,9 +65,14 @@ def decode_entry(
     if not values.get("event_timestamp"):
         values["event_timestamp"] = entry_id_time(entry_id).isoformat()
     try:
-        return AuditEvent.model_validate(values, context=limits)
+        return AuditEvent.model_validate(values, context=_as_text(limits))
     except ValidationError as error:
         raise InvalidEntry(describe_validation_error(error)) from None
+
+
+@lru_cache(maxsize=8)
+def _as_text(limits: ValidationLimits) -> ValidationLimits:
+    return replace(limits, json_as_text=True)
 
 
 def encode_event(event: AuditEvent) -> dict[str, str]:

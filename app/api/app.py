@@ -1,0 +1,60 @@
+"""The Starlette application: routes, middleware, error handlers and the resources they share."""
+
+import contextlib
+
+import asyncpg
+import orjson
+import redis.asyncio as aioredis
+import structlog
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from app.api import audit_routes, health
+from app.api.middleware import BearerAuth, RequestMetrics
+from app.api.openapi import openapi_document
+from app.api.problems import EXCEPTION_HANDLERS
+from app.audit_store import AuditStore
+from app.db import asyncpg_dsn, create_engine
+from app.producer import AuditProducer
+from app.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+def create_app(settings: Settings) -> Starlette:
+    tokens = settings.api_token_set()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        state = app.state
+        state.settings = settings
+        state.engine = create_engine(
+            settings.database_url, pool_size=settings.db_pool_size,
+            json_deserializer=orjson.loads,
+        )
+        state.redis = aioredis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        state.producer = AuditProducer(state.redis, settings.stream)
+        # Used only when Redis is down (POST writes straight to Postgres): no connection until then.
+        state.write_pool = await asyncpg.create_pool(asyncpg_dsn(settings.database_url), min_size=0, max_size=2)
+        state.audit_store = AuditStore(state.write_pool)
+        if not tokens:
+            log.warning("api_auth_disabled", hint="set DATASTORAGE_API_TOKENS or DATASTORAGE_API_TOKENS_FILE")
+        try:
+            yield
+        finally:
+            await state.write_pool.close()
+            await state.redis.aclose()
+            await state.engine.dispose()
+
+    async def openapi(request: Request) -> JSONResponse:
+        return JSONResponse(openapi_document(auth=bool(tokens)))
+
+    return Starlette(
+        routes=[*health.routes, Route("/openapi.json", openapi), *audit_routes.routes],
+        middleware=[Middleware(RequestMetrics), Middleware(BearerAuth, tokens=tokens)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )
