@@ -14,6 +14,7 @@ from sqlalchemy.dialects import postgresql
 from app.api.app import create_app
 from app.audit_query import AuditQuery, build_select
 from app.audit_store import AuditStore
+from app.embedding import shared_loader
 from app.partitions import ensure_partitions
 from app.producer import new_audit_event
 from app.wire import decode_entry
@@ -353,9 +354,10 @@ async def test_unknown_routes_and_methods_are_problems(api):
 
 async def test_healthz_and_readyz(api):
     assert (await api.get("/healthz")).json() == {"status": "ok"}
+    await shared_loader("torch").get()
     ready = await api.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"postgres": "ok", "redis": "ok"}
+    assert ready.json()["checks"] == {"postgres": "ok", "redis": "ok", "embedding_model": "ok"}
 
 
 async def test_readyz_names_redis_when_it_is_down(api, redis_server):

@@ -25,6 +25,7 @@ from schemathesis.specs.openapi.checks import (
 from app.api.openapi import openapi_document
 from app.embedded import free_port
 from tests.test_api_audit import body_of, event
+from tests.test_playbooks import catalog, embedder, pool  # noqa: F401 (fixtures)
 
 DATASTORAGE = str(Path(sys.executable).parent / "datastorage")
 DOCUMENT = openapi_document(auth=False)
@@ -42,10 +43,10 @@ def served_api(database_url, redis_url, tmp_path):
     log = open(tmp_path / "serve.log", "w")
     process = subprocess.Popen([DATASTORAGE, "serve"], env=env, stdout=log, stderr=log)
     base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while True:
         try:
-            if httpx.get(f"{base_url}/healthz").status_code == 200:
+            if httpx.get(f"{base_url}/readyz").status_code == 200:
                 break
         except httpx.TransportError:
             pass
@@ -76,10 +77,14 @@ def test_the_document_is_openapi_3_1_and_loads():
     loaded = schemathesis.openapi.from_dict(DOCUMENT)
     operations = {(op.method.upper(), op.path) for op in (r.ok() for r in loaded.get_all_operations())}
     assert operations == {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/api/v1/audit-events"),
-                          ("POST", "/api/v1/audit-events"), ("GET", "/api/v1/audit-events/{event_id}")}
+                          ("POST", "/api/v1/audit-events"), ("GET", "/api/v1/audit-events/{event_id}"),
+                          ("GET", "/api/v1/playbooks/search"), ("POST", "/api/v1/playbooks/search"),
+                          ("GET", "/api/v1/playbooks/{playbook_id}"),
+                          ("GET", "/api/v1/playbooks/{playbook_id}/versions"),
+                          ("GET", "/api/v1/playbooks/{playbook_id}/versions/{version}")}
 
 
-def test_real_responses_validate_against_the_document(served_api):
+def test_real_responses_validate_against_the_document(served_api, catalog):
     with httpx.Client(base_url=served_api) as client:
         written = event(1, correlation_id="rem-1", metadata={"a": 1})
         response = client.post("/api/v1/audit-events", json=body_of(written))
@@ -92,6 +97,18 @@ def test_real_responses_validate_against_the_document(served_api):
         assert_conforms(client.get(f"/api/v1/audit-events/{written.event_id}"), "/api/v1/audit-events/{event_id}")
         assert_conforms(client.get("/healthz"), "/healthz")
         assert_conforms(client.get("/readyz"), "/readyz")
+        search = "/api/v1/playbooks/search"
+        assert_conforms(client.get(search, params={"query": "pod out of memory", "min_confidence": 0}), search)
+        assert_conforms(client.post(search, json={"query": "disk full", "labels": {"component": "node"}}),
+                        search, "post")
+        assert_conforms(client.get(search, params={"query": ""}), search)
+        assert_conforms(client.get("/api/v1/playbooks/oom-recovery"), "/api/v1/playbooks/{playbook_id}")
+        assert_conforms(client.get("/api/v1/playbooks/oom-recovery/versions"),
+                        "/api/v1/playbooks/{playbook_id}/versions")
+        assert_conforms(client.get("/api/v1/playbooks/oom-recovery/versions/v1.0.0"),
+                        "/api/v1/playbooks/{playbook_id}/versions/{version}")
+        assert_conforms(client.get("/api/v1/playbooks/nope/versions/v9"),
+                        "/api/v1/playbooks/{playbook_id}/versions/{version}")
 
 
 schema = schemathesis.openapi.from_dict(DOCUMENT)

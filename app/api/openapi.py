@@ -63,6 +63,41 @@ PROBLEM_SCHEMA = {
 }
 
 
+def _json_ref(name: str, description: str) -> dict:
+    return {"description": description, "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
+
+
+def _path(name: str) -> dict:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+_TIME = {"type": ["string", "null"], "format": "date-time"}
+_NUMBER = {"type": ["number", "null"]}
+_INTEGER = {"type": ["integer", "null"]}
+PLAYBOOK_RECORD = {
+    "type": "object",
+    "required": ["playbook_id", "version", "name", "description", "content", "content_hash", "labels",
+                 "status", "is_latest_version", "created_at", "updated_at"],
+    "properties": {
+        "playbook_id": {"type": "string"}, "version": {"type": "string"}, "name": {"type": "string"},
+        "description": {"type": "string"}, "owner": _text(), "maintainer": _text(),
+        "content": {"type": "string"}, "content_hash": {"type": "string"},
+        "labels": {"type": "object"},
+        "status": {"type": "string", "enum": ["active", "disabled", "deprecated", "archived"]},
+        "disabled_at": _TIME, "disabled_by": _text(), "disabled_reason": _text(),
+        "is_latest_version": {"type": "boolean"}, "previous_version": _text(),
+        "deprecation_notice": _text(), "version_notes": _text(), "change_summary": _text(),
+        "approved_by": _text(), "approved_at": _TIME, "expected_success_rate": _NUMBER,
+        "expected_duration_seconds": _INTEGER, "actual_success_rate": _NUMBER,
+        "total_executions": _INTEGER, "successful_executions": _INTEGER,
+        "created_at": {"type": "string", "format": "date-time"},
+        "updated_at": {"type": "string", "format": "date-time"},
+        "created_by": _text(), "updated_by": _text(),
+    },
+    "additionalProperties": False,
+}
+
+
 def _problem(description: str) -> dict:
     return {"description": description,
             "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
@@ -117,7 +152,7 @@ def openapi_document(auth: bool) -> dict:
                                  "responses": {"200": {"description": "alive", "content": {JSON: {"schema": {
                                      "type": "object", "properties": {"status": {"const": "ok"}}}}}}}}},
             "/readyz": {"get": {
-                "operationId": "readyz", "summary": "Postgres and Redis answer and the schema is migrated",
+                "operationId": "readyz", "summary": "Postgres and Redis answer, the schema is migrated, the model is loaded",
                 "responses": {
                     "200": {"description": "ready", "content": {JSON: {"schema": {"type": "object", "properties": {
                         "status": {"const": "ready"}, "checks": {"type": "object"}}}}}},
@@ -158,6 +193,47 @@ def openapi_document(auth: bool) -> dict:
                     },
                 },
             },
+            "/api/v1/playbooks/search": {
+                "get": {
+                    "operationId": "searchPlaybooksGet", "summary": "Rank playbooks for an incident description",
+                    "security": api_security,
+                    "parameters": [
+                        {"name": "query", "in": "query", "required": True,
+                         "schema": {"type": "string", "minLength": 1, "maxLength": 2000}},
+                        _query("min_confidence", {"type": "number", "minimum": 0, "maximum": 1},
+                               "cosine similarity threshold, 0 to 1"),
+                        _query("max_results", {"type": "integer", "minimum": 1}, "at most 100 are returned"),
+                    ],
+                    "description": "Label filters: label.<name>=<value> query parameters (exact matches).",
+                    "responses": {"200": _json_ref("SearchResult", "ranked playbooks"), **common_errors},
+                },
+                "post": {
+                    "operationId": "searchPlaybooksPost", "summary": "Rank playbooks for an incident description",
+                    "security": api_security,
+                    "requestBody": {"required": True, "content": {JSON: {"schema": {
+                        "$ref": "#/components/schemas/SearchRequest"}}}},
+                    "responses": {"200": _json_ref("SearchResult", "ranked playbooks"), **common_errors,
+                                  "413": _problem("the body is too large"), "415": _problem("the body is not JSON")},
+                },
+            },
+            "/api/v1/playbooks/{playbook_id}": {"get": {
+                "operationId": "getPlaybook", "summary": "The latest active version of a playbook",
+                "security": api_security, "parameters": [_path("playbook_id")],
+                "responses": {"200": _json_ref("Playbook", "the playbook"), **common_errors,
+                              "404": _problem("no active version of this playbook")},
+            }},
+            "/api/v1/playbooks/{playbook_id}/versions": {"get": {
+                "operationId": "listPlaybookVersions", "summary": "Every version, newest semantic version first",
+                "security": api_security, "parameters": [_path("playbook_id")],
+                "responses": {"200": _json_ref("PlaybookVersions", "the versions"), **common_errors,
+                              "404": _problem("no such playbook")},
+            }},
+            "/api/v1/playbooks/{playbook_id}/versions/{version}": {"get": {
+                "operationId": "getPlaybookVersion", "summary": "One version of a playbook",
+                "security": api_security, "parameters": [_path("playbook_id"), _path("version")],
+                "responses": {"200": _json_ref("Playbook", "the version"), **common_errors,
+                              "404": _problem("no such playbook or version")},
+            }},
             "/api/v1/audit-events/{event_id}": {"get": {
                 "operationId": "getAuditEvent", "summary": "One event by id",
                 "security": api_security,
@@ -191,6 +267,37 @@ def openapi_document(auth: bool) -> dict:
                     "status": {"type": "string", "enum": ["accepted", "stored"]},
                 }},
                 "Problem": PROBLEM_SCHEMA,
+                "SearchRequest": {
+                    "type": "object", "required": ["query"], "additionalProperties": False,
+                    "properties": {
+                        "query": {"type": "string", "minLength": 1, "maxLength": 2000},
+                        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "min_confidence": {"type": "number", "minimum": 0, "maximum": 1},
+                        "max_results": {"type": "integer", "minimum": 1},
+                    },
+                },
+                "SearchResult": {
+                    "type": "object", "required": ["playbooks", "total_results"],
+                    "properties": {
+                        "playbooks": {"type": "array", "items": {
+                            "type": "object",
+                            "required": ["playbook_id", "version", "name", "description", "confidence", "labels"],
+                            "properties": {
+                                "playbook_id": {"type": "string"}, "version": {"type": "string"},
+                                "name": {"type": "string"}, "description": {"type": "string"},
+                                "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+                                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                            },
+                        }},
+                        "total_results": {"type": "integer", "minimum": 0},
+                    },
+                },
+                "Playbook": PLAYBOOK_RECORD,
+                "PlaybookVersions": {
+                    "type": "object", "required": ["playbook_id", "versions"],
+                    "properties": {"playbook_id": {"type": "string"},
+                                   "versions": {"type": "array", "items": {"$ref": "#/components/schemas/Playbook"}}},
+                },
             },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },

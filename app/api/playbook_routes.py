@@ -30,16 +30,17 @@ def _search_arguments(query, labels, min_confidence, max_results) -> dict:
     if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) and k and "\x00" not in k + v
                                                for k, v in labels.items()):
         raise Problem(400, "labels: must map label names to text values", parameter="labels")
+    if isinstance(min_confidence, bool) or isinstance(max_results, (bool, float)):
+        min_confidence = math.nan if isinstance(min_confidence, bool) else min_confidence
+        max_results = 0 if isinstance(max_results, (bool, float)) else max_results
     try:
         min_confidence = DEFAULT_MIN_CONFIDENCE if min_confidence is None else float(min_confidence)
     except (TypeError, ValueError):
         min_confidence = math.nan
-    if isinstance(min_confidence, bool) or not 0.0 <= min_confidence <= 1.0:
+    if not 0.0 <= min_confidence <= 1.0:
         raise Problem(400, "min_confidence: must be a number from 0 to 1", parameter="min_confidence")
     try:
         max_results = 10 if max_results is None else int(max_results)
-        if isinstance(max_results, bool):
-            raise ValueError
     except (TypeError, ValueError):
         max_results = 0
     if max_results < 1:
