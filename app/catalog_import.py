@@ -41,7 +41,7 @@ def read_catalog(path: Path) -> list[PlaybookEntry]:
 
 
 async def import_catalog(database_url: str, path: Path, *, force: bool = False,
-                         backend: str = "torch") -> ImportSummary:
+                         backend: str = "onnx", cache_dir: Path | None = None) -> ImportSummary:
     entries = read_catalog(path)
     pool = await create_pool(database_url, min_size=1, max_size=2)
     try:
@@ -50,7 +50,7 @@ async def import_catalog(database_url: str, path: Path, *, force: bool = False,
             stale = await count_stale(conn)
         embedded = 0
         if stale:
-            embedder = Embedder(backend)
+            embedder = Embedder(backend, cache_dir)
             with Progress() as progress:
                 task = progress.add_task("embedding", total=stale)
                 while batch := await embed_stale(pool, embedder, limit=32, by="import"):

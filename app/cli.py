@@ -149,7 +149,8 @@ def playbooks_import(
     settings = _settings()
     try:
         summary = asyncio.run(import_catalog(_database_url(settings), file, force=force,
-                                             backend=settings.embedding_backend))
+                                             backend=settings.embedding_backend,
+                                             cache_dir=settings.model_cache_dir))
     except CatalogError as error:
         typer.echo(f"import refused: {error}", err=True)
         raise typer.Exit(1) from None
@@ -180,7 +181,7 @@ def playbooks_search(
     async def ranked():
         pool = await create_pool(_database_url(settings), min_size=1, max_size=2)
         try:
-            return await search(pool, Embedder(settings.embedding_backend), query, labels=labels,
+            return await search(pool, Embedder(settings.embedding_backend, settings.model_cache_dir), query, labels=labels,
                                 min_confidence=min_confidence, max_results=max_results)
         finally:
             await pool.close()

@@ -354,7 +354,7 @@ async def test_unknown_routes_and_methods_are_problems(api):
 
 async def test_healthz_and_readyz(api):
     assert (await api.get("/healthz")).json() == {"status": "ok"}
-    await shared_loader("torch").get()
+    await shared_loader().get()
     ready = await api.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"postgres": "ok", "redis": "ok", "embedding_model": "ok"}

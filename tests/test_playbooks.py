@@ -31,7 +31,7 @@ ACTIVE_LATEST = {"oom-recovery", "disk-pressure", "cert-expiry", "crashloop-conf
 
 @pytest.fixture(scope="session")
 async def embedder():
-    return await shared_loader("torch").get()
+    return await shared_loader().get()
 
 
 @pytest.fixture
@@ -167,7 +167,7 @@ async def test_a_row_inserted_with_sql_is_found_by_the_next_search(catalog, pool
 
 async def test_the_worker_embeds_inserted_and_edited_rows_within_seconds(catalog, database_url, pool, embedder):
     stop = asyncio.Event()
-    worker = asyncio.create_task(keep_embeddings_fresh(database_url, pool, shared_loader("torch"), stop,
+    worker = asyncio.create_task(keep_embeddings_fresh(database_url, pool, shared_loader(), stop,
                                                        sweep_interval_s=60))
     try:
         await asyncio.sleep(0.5)  # listening

@@ -46,7 +46,7 @@ def create_app(settings: Settings) -> Starlette:
         state.audit_store = AuditStore(state.write_pool)
         state.catalog_pool = await create_catalog_pool(settings.database_url, min_size=0,
                                                        max_size=settings.db_pool_size)
-        state.embedder_loader = shared_loader(settings.embedding_backend)
+        state.embedder_loader = shared_loader(settings.embedding_backend, settings.model_cache_dir)
         state.extra_readiness_checks = {"embedding_model": model_ready}
         stop_worker = asyncio.Event()
         worker = asyncio.create_task(keep_embeddings_fresh(
