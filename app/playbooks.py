@@ -185,7 +185,7 @@ async def embed_stale(pool: asyncpg.Pool, embedder: Embedder, *, limit: int = 64
         rows = await conn.fetch(
             f"SELECT playbook_id, version, name, description, labels, content, embedding_input_hash "
             f"FROM playbook_catalog WHERE {STALE} {searchable} "
-            f"ORDER BY is_latest_version DESC, playbook_id, version LIMIT $1", limit)
+            f"ORDER BY playbook_id, version LIMIT $1", limit)
     if not rows:
         return 0
     vectors = await embedder.encode([
