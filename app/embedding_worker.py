@@ -19,7 +19,14 @@ CHANNEL = "playbook_embeddings_stale"
 
 async def keep_embeddings_fresh(database_url: str, pool: asyncpg.Pool, loader: EmbedderLoader,
                                 stop: asyncio.Event, sweep_interval_s: float = 30.0) -> None:
-    embedder = await loader.get()
+    loading = asyncio.ensure_future(loader.get())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([loading, stopping], return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if stop.is_set():
+        loading.cancel()
+        return
+    embedder = loading.result()
     announced = asyncio.Event()
     listener: asyncpg.Connection | None = None
     while not stop.is_set():

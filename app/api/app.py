@@ -59,6 +59,7 @@ def create_app(settings: Settings) -> Starlette:
         finally:
             stop_worker.set()
             await asyncio.wait([worker], timeout=10)
+            worker.cancel()
             await state.catalog_pool.close()
             await state.write_pool.close()
             await state.redis.aclose()
