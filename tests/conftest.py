@@ -5,9 +5,16 @@ flushed Redis. Tests that stop a server get it back running before the next test
 """
 
 import uuid
+from pathlib import Path
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
+
+from app.api.app import create_app
+from app.catalog_import import import_catalog
+from app.embedding import shared_loader
+from app.playbooks import count_stale, create_pool
 
 from app.db import connect, create_database, drop_database
 from app.migrations import migrate_database
@@ -15,6 +22,7 @@ from app.settings import PROJECT_ROOT, Settings
 from tests.servers import start_postgres, start_redis
 
 SCHEMA_DIR = PROJECT_ROOT / "schema"
+CATALOG = Path(__file__).parent / "data" / "catalog.yaml"
 TEMPLATE_DATABASE = "datastorage_test_template"
 
 
@@ -87,3 +95,51 @@ async def redis_url(redis_server) -> str:
 def settings(database_url, redis_url) -> Settings:
     return Settings(database_url=database_url, redis_url=redis_url, schema_dir=SCHEMA_DIR)
 
+
+
+# --- the HTTP API in this process, and the playbook catalog ---------------------------------
+
+
+@pytest.fixture
+async def api(settings):
+    async with client_for(settings) as client:
+        yield client
+
+
+def client_for(settings):
+    app = create_app(settings)
+
+    class Client:
+        async def __aenter__(self):
+            self._lifespan = app.router.lifespan_context(app)
+            await self._lifespan.__aenter__()
+            self.client = httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://api")
+            return self.client
+
+        async def __aexit__(self, *exc):
+            await self.client.aclose()
+            await self._lifespan.__aexit__(*exc)
+
+    return Client()
+
+
+@pytest.fixture(scope="session")
+async def embedder():
+    return await shared_loader().get()
+
+
+@pytest.fixture
+async def pool(database_url):
+    pool = await create_pool(database_url, min_size=1, max_size=4)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def catalog(database_url, pool, embedder):
+    summary = await import_catalog(database_url, CATALOG)
+    assert summary.entries == 9
+    async with pool.acquire() as conn:  # embedded by the import (or by a running service's worker)
+        assert await count_stale(conn) == 0
+    return summary

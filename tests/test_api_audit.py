@@ -11,39 +11,15 @@ import pytest
 import redis.asyncio as aioredis
 from sqlalchemy.dialects import postgresql
 
-from app.api.app import create_app
 from app.audit_query import AuditQuery, build_select
 from app.audit_store import AuditStore
 from app.embedding import shared_loader
 from app.partitions import ensure_partitions
 from app.producer import new_audit_event
 from app.wire import decode_entry
+from tests.conftest import client_for
 
 EVENTS = "/api/v1/audit-events"
-
-
-@pytest.fixture
-async def api(settings):
-    async with client_for(settings) as client:
-        yield client
-
-
-def client_for(settings):
-    app = create_app(settings)
-
-    class Client:
-        async def __aenter__(self):
-            self._lifespan = app.router.lifespan_context(app)
-            await self._lifespan.__aenter__()
-            self.client = httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://api")
-            return self.client
-
-        async def __aexit__(self, *exc):
-            await self.client.aclose()
-            await self._lifespan.__aexit__(*exc)
-
-    return Client()
 
 
 @pytest.fixture

@@ -2,8 +2,7 @@
 
 import pytest
 
-from tests.test_api_audit import api, assert_problem, client_for  # noqa: F401 (fixtures)
-from tests.test_playbooks import catalog, embedder, pool  # noqa: F401 (fixtures)
+from tests.test_api_audit import assert_problem
 
 SEARCH = "/api/v1/playbooks/search"
 

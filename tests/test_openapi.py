@@ -25,7 +25,6 @@ from schemathesis.specs.openapi.checks import (
 from app.api.openapi import openapi_document
 from app.embedded import free_port
 from tests.test_api_audit import body_of, event
-from tests.test_playbooks import catalog, embedder, pool  # noqa: F401 (fixtures)
 
 DATASTORAGE = str(Path(sys.executable).parent / "datastorage")
 DOCUMENT = openapi_document(auth=False)

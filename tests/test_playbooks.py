@@ -3,7 +3,6 @@ embeddings, and search."""
 
 import asyncio
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +14,6 @@ from app.playbooks import (
     CatalogError,
     PlaybookEntry,
     count_stale,
-    create_pool,
     latest_active,
     rank,
     search,
@@ -23,31 +21,10 @@ from app.playbooks import (
     version_key,
     versions,
 )
+from tests.conftest import CATALOG
 from tests.consumers import wait_for
 
-CATALOG = Path(__file__).parent / "data" / "catalog.yaml"
 ACTIVE_LATEST = {"oom-recovery", "disk-pressure", "cert-expiry", "crashloop-config", "unicode-runbook"}
-
-
-@pytest.fixture(scope="session")
-async def embedder():
-    return await shared_loader().get()
-
-
-@pytest.fixture
-async def pool(database_url):
-    pool = await create_pool(database_url, min_size=1, max_size=4)
-    yield pool
-    await pool.close()
-
-
-@pytest.fixture
-async def catalog(database_url, pool, embedder):
-    summary = await import_catalog(database_url, CATALOG)
-    assert summary.entries == 9
-    async with pool.acquire() as conn:  # embedded by the import (or by a running service's worker)
-        assert await count_stale(conn) == 0
-    return summary
 
 
 def test_semantic_versions_order_numerically():

@@ -16,16 +16,13 @@ commit time is `pg_xact_commit_timestamp(xmin)`. Prints progress, then one JSON 
 import argparse
 import asyncio
 import json
-import os
 import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import asyncpg
 import redis.asyncio as aioredis
 from rich.console import Console
 from rich.progress import Progress
@@ -37,8 +34,8 @@ from app.migrations import migrate_database
 from app.producer import new_audit_event
 from app.settings import PROJECT_ROOT
 from app.wire import encode_event
+from service import DATASTORAGE, service_env
 
-DATASTORAGE = str(Path(sys.executable).parent / "datastorage")
 console = Console(stderr=True)
 
 
@@ -71,14 +68,7 @@ async def copy_baseline(url: str, events: list) -> float:
 def start_consumers(database_url: str, redis_url: str, count: int, log_dir: Path) -> list[subprocess.Popen]:
     processes = []
     for n in range(count):
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("DATASTORAGE_")},
-            "DATASTORAGE_DATABASE_URL": database_url,
-            "DATASTORAGE_REDIS_URL": redis_url,
-            "DATASTORAGE_CONSUMER_NAME": f"bench-{n}",
-            "DATASTORAGE_METRICS_PORT": "0",
-            "DATASTORAGE_LOG_FORMAT": "json",
-        }
+        env = service_env(database_url, redis_url, consumer_name=f"bench-{n}")
         log = open(log_dir / f"consumer-{n}.log", "w")
         processes.append(subprocess.Popen([DATASTORAGE, "consume"], env=env, stdout=log, stderr=log))
     return processes

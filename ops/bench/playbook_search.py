@@ -18,10 +18,7 @@ Prints progress, then one JSON line.
 import argparse
 import asyncio
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,13 +30,13 @@ from rich.progress import Progress
 
 from app.catalog_import import import_catalog, read_catalog
 from app.db import create_database
-from app.embedded import EmbeddedPostgres, LocalRedis, free_port
+from app.embedded import EmbeddedPostgres, LocalRedis
 from app.embedding import Embedder, playbook_text
 from app.migrations import migrate_database
 from app.playbooks import create_pool, rank, search
 from app.settings import PROJECT_ROOT
+from service import start_api
 
-DATASTORAGE = str(Path(sys.executable).parent / "datastorage")
 DEFAULT_CATALOG = PROJECT_ROOT.parent / "shared" / "data" / "playbooks" / "catalog.yaml"
 
 QUERIES = [
@@ -152,24 +149,6 @@ async def grow(pool, rows: int) -> None:
         await conn.execute("ANALYZE playbook_catalog")
 
 
-def start_api(database_url: str, redis_url: str, port: int, log_path: Path) -> subprocess.Popen:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("DATASTORAGE_")},
-           "DATASTORAGE_DATABASE_URL": database_url, "DATASTORAGE_REDIS_URL": redis_url,
-           "DATASTORAGE_HTTP_HOST": "127.0.0.1", "DATASTORAGE_HTTP_PORT": str(port),
-           "DATASTORAGE_METRICS_PORT": "0", "DATASTORAGE_LOG_FORMAT": "json"}
-    process = subprocess.Popen([DATASTORAGE, "serve"], env=env, stdout=open(log_path, "w"),
-                               stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"the API did not become ready; see {log_path}")
-
-
 async def latency(base_url: str, pool, embedder: Embedder, requests: int, concurrency: int,
                   seconds: float, progress: Progress) -> dict:
     queries = [q for q, _ in QUERIES]
@@ -242,9 +221,8 @@ async def main(args) -> dict:
                 grow_task = progress.add_task(f"grow to {args.rows}", total=1)
                 await grow(pool, args.rows)
                 progress.advance(grow_task)
-                port = free_port()
-                api = start_api(url, redis_server.url, port, tmp / "api.log")
-                timing = await latency(f"http://127.0.0.1:{port}", pool, embedder, args.requests,
+                api, base_url = start_api(url, redis_server.url, tmp / "api.log")
+                timing = await latency(base_url, pool, embedder, args.requests,
                                        args.concurrency, args.throughput_seconds, progress)
             await pool.close()
         finally:

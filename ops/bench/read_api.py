@@ -13,11 +13,8 @@ builds (`app.audit_query.build_select`) run bare with asyncpg. Prints progress, 
 import argparse
 import asyncio
 import json
-import os
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -32,12 +29,12 @@ from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 from app.audit_query import AuditQuery, build_select
 from app.audit_store import COLUMN_NAMES
 from app.db import connect, create_database
-from app.embedded import EmbeddedPostgres, LocalRedis, free_port
+from app.embedded import EmbeddedPostgres, LocalRedis
 from app.migrations import migrate_database
 from app.partitions import ensure_partitions
 from app.settings import PROJECT_ROOT
+from service import start_api
 
-DATASTORAGE = str(Path(sys.executable).parent / "datastorage")
 EVENT_TYPES = [f"{area}.{verb}" for area in ("notification", "workflow", "ai.analysis", "gateway")
                for verb in ("started", "completed", "failed", "retried", "skipped")]
 SERVICES = [f"service-{n}" for n in range(10)]
@@ -120,23 +117,6 @@ async def measure(base_url: str, url: str, cases: list[tuple[dict, AuditQuery]],
             "rows_per_request": round(rows_seen / len(cases), 1)}
 
 
-def start_api(database_url: str, redis_url: str, port: int, log_path: Path) -> subprocess.Popen:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("DATASTORAGE_")},
-           "DATASTORAGE_DATABASE_URL": database_url, "DATASTORAGE_REDIS_URL": redis_url,
-           "DATASTORAGE_HTTP_HOST": "127.0.0.1", "DATASTORAGE_HTTP_PORT": str(port),
-           "DATASTORAGE_METRICS_PORT": "0", "DATASTORAGE_LOG_FORMAT": "json"}
-    process = subprocess.Popen([DATASTORAGE, "serve"], env=env, stdout=open(log_path, "w"),
-                               stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                return process
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise RuntimeError(f"the API did not become ready; see {log_path}")
-
-
 async def main(args) -> dict:
     console = Console(stderr=True)
     now = datetime.now(timezone.utc)
@@ -155,9 +135,7 @@ async def main(args) -> dict:
                 started = time.perf_counter()
                 await load(url, args.rows, now, progress)
                 load_seconds = time.perf_counter() - started
-                port = free_port()
-                api = start_api(url, redis_server.url, port, tmp / "api.log")
-                base_url = f"http://127.0.0.1:{port}"
+                api, base_url = start_api(url, redis_server.url, tmp / "api.log")
                 latest = (now + timedelta(hours=1)).date()
                 correlations = [f"rem-{rng.randrange(args.rows // EVENTS_PER_CORRELATION)}"
                                 for _ in range(args.samples)]

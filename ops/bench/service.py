@@ -1,0 +1,41 @@
+"""Starting the service's own commands for a benchmark, as production runs them."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from app.embedded import free_port
+
+DATASTORAGE = str(Path(sys.executable).parent / "datastorage")
+
+
+def service_env(database_url: str, redis_url: str, **settings: str) -> dict[str, str]:
+    """This process's environment without any DATASTORAGE_ setting, plus the given ones."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATASTORAGE_")}
+    env.update({"DATASTORAGE_DATABASE_URL": database_url, "DATASTORAGE_REDIS_URL": redis_url,
+                "DATASTORAGE_METRICS_PORT": "0", "DATASTORAGE_LOG_FORMAT": "json"})
+    env.update({f"DATASTORAGE_{name.upper()}": str(value) for name, value in settings.items()})
+    return env
+
+
+def start_api(database_url: str, redis_url: str, log_path: Path, timeout: float = 120) -> tuple[subprocess.Popen, str]:
+    """`datastorage serve` on a free port, once /readyz says ready; returns it and its base URL."""
+    port = free_port()
+    env = service_env(database_url, redis_url, http_host="127.0.0.1", http_port=port)
+    process = subprocess.Popen([DATASTORAGE, "serve"], env=env, stdout=open(log_path, "w"),
+                               stderr=subprocess.STDOUT)
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base_url}/readyz").status_code == 200:
+                return process, base_url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"the API did not become ready; see {log_path}")
