@@ -26,7 +26,6 @@ DIMENSIONS = 384
 # The model reads 256 word pieces at most; a word piece is rarely under 3 characters, so text past
 # this many characters could never reach the model anyway (it would only cost tokenizing time).
 MAX_TEXT_CHARACTERS = 256 * 12
-DEFAULT_CACHE_DIR = Path(__file__).resolve().parent.parent / ".datastorage" / "models"
 
 
 def model_path() -> Path:
@@ -54,7 +53,11 @@ class Embedder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         started = time.perf_counter()
-        self._model = _load(backend, cache_dir or DEFAULT_CACHE_DIR)
+        if cache_dir is None:
+            from app.settings import Settings
+
+            cache_dir = Settings().model_cache_dir
+        self._model = _load(backend, cache_dir)
         self.load_seconds = time.perf_counter() - started
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
 
