@@ -138,6 +138,8 @@ class EmbedderLoader:
         return self._embedder is not None
 
     async def get(self) -> Embedder:
+        if self._embedder is not None:  # the common case: no thread hop per request
+            return self._embedder
         await asyncio.get_running_loop().run_in_executor(None, self._loaded.wait)
         if self._embedder is None:
             raise RuntimeError(f"the embedding model failed to load: {self._error}")
