@@ -37,6 +37,19 @@ log = structlog.get_logger(__name__)
 FASTSTREAM_LOGGER = logging.getLogger("faststream.datastorage")
 
 
+STREAM_DESCRIPTION = (
+    "Audit events from every service of the platform, XADDed as flat string fields (read as a "
+    "consumer group, in batches; entries that can never be stored go to the stream audit_dlq with "
+    "dlq_reason, dlq_error, source_stream, source_id, delivery_count and failed_at). Required fields: "
+    "event_type, event_category, event_outcome (success|failure|pending|skipped), service_name, "
+    "actor_type (system|user|service|operator|controller), resource_type, resource_id. Optional: "
+    "event_id (UUID; derived from the stream key and entry id when absent), event_timestamp "
+    "(RFC 3339; the entry id's time when absent), service_version, actor_id, actor_name, "
+    "resource_name, correlation_id, parent_event_id (UUID), trace_id, span_id, event_data and "
+    "metadata (JSON objects as text). No other field, and never one named data."
+)
+
+
 class AuditConsumer:
     """The consumer's parts and their lifecycle; FastStream's hooks call these in order."""
 
@@ -67,7 +80,7 @@ class AuditConsumer:
             ack_policy=AckPolicy.MANUAL,
             parser=self._keep_raw_entries,
             title="audit_events",
-            description="Audit events from every service of the platform (flat string fields).",
+            description=STREAM_DESCRIPTION,
         )
         subscriber(self._store_batch)
 
@@ -138,3 +151,9 @@ def create_app(settings: Settings) -> FastStream:
     app.on_shutdown(consumer.begin_shutdown)
     app.after_shutdown(consumer.close)
     return app
+
+
+def asyncapi_app() -> FastStream:
+    """The app as documented (`faststream docs gen --factory consumers.audit:asyncapi_app`):
+    built from the default settings, with a placeholder Redis URL; nothing connects."""
+    return create_app(Settings(redis_url="redis://redis:6379/0", consumer_name="datastorage-consumer"))

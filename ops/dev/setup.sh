@@ -15,6 +15,12 @@ if ! command -v redis-server >/dev/null 2>&1; then
     fi
 fi
 
+# promtool (Debian's prometheus package) lets the tests check the alert rules; optional.
+if ! command -v promtool >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null) \
+        || echo "setup: promtool not installed; the alert rules get a structural check only" >&2
+fi
+
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
