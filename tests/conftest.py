@@ -15,6 +15,7 @@ from app.api.app import create_app
 from app.catalog_import import import_catalog
 from app.embedding import shared_loader
 from app.playbooks import count_stale, create_pool
+from tests.consumers import ConsumerProcess
 
 from app.db import connect, create_database, drop_database
 from app.migrations import migrate_database
@@ -95,6 +96,22 @@ async def redis_url(redis_server) -> str:
 def settings(database_url, redis_url) -> Settings:
     return Settings(database_url=database_url, redis_url=redis_url, schema_dir=SCHEMA_DIR)
 
+
+
+@pytest.fixture
+def consumers(database_url, redis_url, tmp_path):
+    started: list[ConsumerProcess] = []
+
+    async def start(name: str = "c1", **settings) -> ConsumerProcess:
+        consumer = ConsumerProcess(database_url, redis_url, name, tmp_path, **settings).start()
+        started.append(consumer)
+        await consumer.wait_started()
+        return consumer
+
+    yield start
+    for consumer in started:
+        if consumer.running:
+            consumer.kill()
 
 
 # --- the HTTP API in this process, and the playbook catalog ---------------------------------

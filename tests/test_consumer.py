@@ -16,7 +16,7 @@ from app.db import connect
 from app.embedded import free_port
 from app.producer import AuditProducer, new_audit_event
 from app.wire import decode_entry
-from tests.consumers import ConsumerProcess, wait_for
+from tests.consumers import wait_for
 
 STREAM, DLQ, GROUP = "audit_events", "audit_dlq", "datastorage"
 
@@ -26,22 +26,6 @@ async def client(redis_url):
     client = aioredis.from_url(redis_url)
     yield client
     await client.aclose()
-
-
-@pytest.fixture
-def consumers(database_url, redis_url, tmp_path):
-    started: list[ConsumerProcess] = []
-
-    async def start(name: str = "c1", **settings) -> ConsumerProcess:
-        consumer = ConsumerProcess(database_url, redis_url, name, tmp_path, **settings).start()
-        started.append(consumer)
-        await consumer.wait_started()
-        return consumer
-
-    yield start
-    for consumer in started:
-        if consumer.running:
-            consumer.kill()
 
 
 def events(count: int, **fields):

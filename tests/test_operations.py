@@ -15,7 +15,7 @@ from app.producer import AuditProducer
 from app.stream_ops import DeadLetterEntry, replay_fields
 from app.wire import derived_event_id
 from tests.consumers import wait_for
-from tests.test_consumer import STREAM, consumers, dead_letters, events, row_counts, settled  # noqa: F401
+from tests.test_consumer import STREAM, dead_letters, events, row_counts, settled
 from tests.test_schema import audit_row, insert_audit_row
 
 DATASTORAGE = str(Path(sys.executable).parent / "datastorage")
