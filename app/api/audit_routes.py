@@ -10,6 +10,7 @@ import structlog
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.endpoints import HTTPEndpoint
 from starlette.routing import Route
 
 from app.audit_query import FILTERS, AuditQuery, Cursor, event_json, find_events, get_event
@@ -73,12 +74,13 @@ def parse_list_query(request: Request, max_future_skew: timedelta) -> AuditQuery
             raise Problem(400, f"{name}: at most 255 characters", parameter=name)
         filters[name] = value
 
-    since = parse_time("since", text) if (text := _single(request, "since")) else None
-    until = parse_time("until", text) if (text := _single(request, "until")) else None
+    since = parse_time("since", text) if (text := _single(request, "since")) is not None else None
+    until = parse_time("until", text) if (text := _single(request, "until")) is not None else None
     if since and until and since >= until:
         raise Problem(400, "since: must be earlier than until", parameter="since")
 
-    order = _single(request, "order") or "desc"
+    order = _single(request, "order")
+    order = "desc" if order is None else order
     if order not in ("desc", "asc"):
         raise Problem(400, "order: must be desc or asc", parameter="order")
 
@@ -92,7 +94,7 @@ def parse_list_query(request: Request, max_future_skew: timedelta) -> AuditQuery
 
     cursor_text = _single(request, "cursor")
     try:
-        after = Cursor.decode(cursor_text) if cursor_text else None
+        after = Cursor.decode(cursor_text) if cursor_text is not None else None
     except ValueError as error:
         raise Problem(400, f"cursor: {error}", parameter="cursor") from None
     latest = (datetime.now(timezone.utc) + max_future_skew).date()
@@ -201,8 +203,16 @@ async def create_audit_events(request: Request) -> Response:
     return JSONResponse(body, status_code=status_code)
 
 
+class AuditEvents(HTTPEndpoint):
+    # One endpoint for both methods, so a 405 lists both in its Allow header.
+    async def get(self, request: Request) -> Response:
+        return await list_audit_events(request)
+
+    async def post(self, request: Request) -> Response:
+        return await create_audit_events(request)
+
+
 routes = [
-    Route("/api/v1/audit-events", list_audit_events, methods=["GET"]),
-    Route("/api/v1/audit-events", create_audit_events, methods=["POST"]),
+    Route("/api/v1/audit-events", AuditEvents),
     Route("/api/v1/audit-events/{event_id}", get_audit_event, methods=["GET"]),
 ]

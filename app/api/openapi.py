@@ -126,7 +126,7 @@ def _list_parameters() -> list[dict]:
         _query("order", {"type": "string", "enum": ["desc", "asc"], "default": "desc"},
                "newest first (desc) or oldest first (asc, a correlation's timeline)"),
         _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, "page size"),
-        _query("cursor", {"type": "string"}, "next_cursor of the previous page"),
+        _query("cursor", {"type": "string", "minLength": 1}, "next_cursor of the previous page"),
     ]
     return parameters
 

@@ -4,6 +4,7 @@ import math
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.endpoints import HTTPEndpoint
 from starlette.routing import Route
 
 from app.api.audit_routes import read_json_body
@@ -85,6 +86,11 @@ async def search_post(request: Request) -> Response:
     unknown = sorted(set(body) - SEARCH_PARAMETERS - {"labels"})
     if unknown:
         raise Problem(400, f"{unknown[0]}: unknown field", parameter=unknown[0])
+    # JSON carries numbers as numbers: "5" is not a max_results here (it is in a query string).
+    for name, kinds in (("max_results", (int,)), ("min_confidence", (int, float)), ("labels", (dict,))):
+        if name in body and (isinstance(body[name], bool) or not isinstance(body[name], kinds)):
+            raise Problem(400, f"{name}: must be {'an object' if name == 'labels' else 'a number'}",
+                          parameter=name)
     arguments = _search_arguments(body.get("query"), body.get("labels") or {}, body.get("min_confidence"),
                                   body.get("max_results"))
     return await _search_response(request, arguments)
@@ -117,9 +123,17 @@ async def get_version(request: Request) -> Response:
     return JSONResponse(playbook_json(row))
 
 
+class PlaybookSearch(HTTPEndpoint):
+    # One endpoint for both methods, so a 405 lists both in its Allow header.
+    async def get(self, request: Request) -> Response:
+        return await search_get(request)
+
+    async def post(self, request: Request) -> Response:
+        return await search_post(request)
+
+
 routes = [
-    Route("/api/v1/playbooks/search", search_get, methods=["GET"]),
-    Route("/api/v1/playbooks/search", search_post, methods=["POST"]),
+    Route("/api/v1/playbooks/search", PlaybookSearch),
     Route("/api/v1/playbooks/{playbook_id}", get_playbook, methods=["GET"]),
     Route("/api/v1/playbooks/{playbook_id}/versions", list_versions, methods=["GET"]),
     Route("/api/v1/playbooks/{playbook_id}/versions/{version}", get_version, methods=["GET"]),
