@@ -11,22 +11,17 @@ import argparse
 import asyncio
 import json
 import subprocess
-import tempfile
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import redis.asyncio as aioredis
 
 from app.catalog_import import import_catalog
-from app.db import create_database
-from app.embedded import EmbeddedPostgres, LocalRedis
-from app.migrations import migrate_database
 from app.producer import new_audit_event
 from app.settings import PROJECT_ROOT
 from app.wire import encode_event
-from service import DATASTORAGE, service_env, start_api
+from service import DATASTORAGE, fresh_database, private_servers, service_env, start_api, stop_all
 
 CATALOG = PROJECT_ROOT / "tests" / "data" / "catalog.yaml"
 
@@ -53,16 +48,10 @@ class PeakSampler(threading.Thread):
 
 
 async def main(args) -> dict:
-    with tempfile.TemporaryDirectory(prefix="memory-bench-") as tmp:
-        tmp = Path(tmp)
-        postgres = EmbeddedPostgres(tmp / "pgdata", delete_on_close=True)
-        redis_server = LocalRedis(tmp / "redis")
-        postgres.start()
-        redis_server.start()
+    with private_servers("memory-bench-") as (tmp, postgres, redis_server):
         processes: dict[str, subprocess.Popen] = {}
         try:
-            url = await create_database(postgres.url(), "bench_memory")
-            await migrate_database(url, PROJECT_ROOT / "schema", months_ahead=1)
+            url = await fresh_database(postgres, "bench_memory")
             await import_catalog(url, CATALOG)
             processes["api"], base_url = start_api(url, redis_server.url, tmp / "api.log")
             processes["consumer"] = subprocess.Popen(
@@ -83,18 +72,17 @@ async def main(args) -> dict:
                 for n in range(args.searches):
                     await http.get("/api/v1/playbooks/search", params={"query": f"pod out of memory {n}"})
                     await http.get("/api/v1/audit-events", params={"limit": 1000})
-            while await client.xlen("audit_events") and (await client.xinfo_groups("audit_events"))[0]["lag"]:
+            while True:  # until the consumer has read everything (its group exists once it started)
+                groups = await client.xinfo_groups("audit_events")
+                if groups and not groups[0]["lag"] and not groups[0]["pending"]:
+                    break
                 await asyncio.sleep(0.5)
             await asyncio.sleep(2)
             await client.aclose()
             sampler.stop.set()
             sampler.join()
         finally:
-            for process in processes.values():
-                process.terminate()
-                process.wait(timeout=30)
-            redis_server.stop()
-            postgres.close()
+            stop_all(processes.values())
     return {"events": args.events, "searches": args.searches,
             **{f"{name}_peak_rss_mib": round(peak, 1) for name, peak in sampler.peaks.items()}}
 

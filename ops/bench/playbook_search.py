@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,13 +28,10 @@ from rich.console import Console
 from rich.progress import Progress
 
 from app.catalog_import import import_catalog, read_catalog
-from app.db import create_database
-from app.embedded import EmbeddedPostgres, LocalRedis
 from app.embedding import Embedder, playbook_text
-from app.migrations import migrate_database
 from app.playbooks import create_pool, rank, search
 from app.settings import PROJECT_ROOT
-from service import start_api
+from service import fresh_database, private_servers, start_api, stop_all
 
 DEFAULT_CATALOG = PROJECT_ROOT.parent / "shared" / "data" / "playbooks" / "catalog.yaml"
 
@@ -203,16 +199,10 @@ async def latency(base_url: str, pool, embedder: Embedder, requests: int, concur
 
 async def main(args) -> dict:
     console = Console(stderr=True)
-    with tempfile.TemporaryDirectory(prefix="search-bench-") as tmp:
-        tmp = Path(tmp)
-        postgres = EmbeddedPostgres(tmp / "pgdata", delete_on_close=True)
-        redis_server = LocalRedis(tmp / "redis")
-        postgres.start()
-        redis_server.start()
+    with private_servers("search-bench-") as (tmp, postgres, redis_server):
         api = None
         try:
-            url = await create_database(postgres.url(), "bench_search")
-            await migrate_database(url, PROJECT_ROOT / "schema", months_ahead=0)
+            url = await fresh_database(postgres, "bench_search", months_ahead=0)
             await import_catalog(url, args.catalog)
             pool = await create_pool(url, min_size=1, max_size=2)
             embedder = Embedder("onnx")
@@ -226,11 +216,7 @@ async def main(args) -> dict:
                                        args.concurrency, args.throughput_seconds, progress)
             await pool.close()
         finally:
-            if api is not None:
-                api.terminate()
-                api.wait(timeout=20)
-            redis_server.stop()
-            postgres.close()
+            stop_all([api] if api else [])
     return {**found, "rows": args.rows, "requests": args.requests, **timing}
 
 

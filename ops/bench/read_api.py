@@ -15,11 +15,9 @@ import asyncio
 import json
 import random
 import statistics
-import tempfile
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import httpx
 from rich.console import Console
@@ -28,12 +26,9 @@ from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 
 from app.audit_query import AuditQuery, build_select
 from app.audit_store import COLUMN_NAMES
-from app.db import connect, create_database
-from app.embedded import EmbeddedPostgres, LocalRedis
-from app.migrations import migrate_database
+from app.db import connect
 from app.partitions import ensure_partitions
-from app.settings import PROJECT_ROOT
-from service import start_api
+from service import fresh_database, private_servers, start_api, stop_all
 
 EVENT_TYPES = [f"{area}.{verb}" for area in ("notification", "workflow", "ai.analysis", "gateway")
                for verb in ("started", "completed", "failed", "retried", "skipped")]
@@ -121,16 +116,10 @@ async def main(args) -> dict:
     console = Console(stderr=True)
     now = datetime.now(timezone.utc)
     rng = random.Random(11)
-    with tempfile.TemporaryDirectory(prefix="read-bench-") as tmp:
-        tmp = Path(tmp)
-        postgres = EmbeddedPostgres(tmp / "pgdata", delete_on_close=True)
-        redis_server = LocalRedis(tmp / "redis")
-        postgres.start()
-        redis_server.start()
+    with private_servers("read-bench-") as (tmp, postgres, redis_server):
         api = None
         try:
-            url = await create_database(postgres.url(), "bench_read")
-            await migrate_database(url, PROJECT_ROOT / "schema", months_ahead=1)
+            url = await fresh_database(postgres, "bench_read")
             with Progress(console=console) as progress:
                 started = time.perf_counter()
                 await load(url, args.rows, now, progress)
@@ -149,11 +138,7 @@ async def main(args) -> dict:
                                 latest_event_date=latest))
                     for t in types], "since=24h&event_type=…", progress)
         finally:
-            if api is not None:
-                api.terminate()
-                api.wait(timeout=20)
-            redis_server.stop()
-            postgres.close()
+            stop_all([api] if api else [])
     return {
         "rows": args.rows, "load_rows_per_s": round(args.rows / load_seconds), "samples": args.samples,
         **{f"correlation_{k}": v for k, v in by_correlation.items()},

@@ -1,14 +1,19 @@
 """Starting the service's own commands for a benchmark, as production runs them."""
 
+import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-from app.embedded import free_port
+from app.db import create_database
+from app.embedded import EmbeddedPostgres, LocalRedis, free_port
+from app.migrations import migrate_database
+from app.settings import PROJECT_ROOT
 
 DATASTORAGE = str(Path(sys.executable).parent / "datastorage")
 
@@ -39,3 +44,32 @@ def start_api(database_url: str, redis_url: str, log_path: Path, timeout: float 
         time.sleep(0.2)
     process.kill()
     raise RuntimeError(f"the API did not become ready; see {log_path}")
+
+
+@contextlib.contextmanager
+def private_servers(prefix: str, *, redis_appendonly: bool = False):
+    """A fresh embedded Postgres and redis-server in a temporary folder, gone at the end."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        tmp = Path(tmp)
+        postgres = EmbeddedPostgres(tmp / "pgdata", delete_on_close=True)
+        redis_server = LocalRedis(tmp / "redis", appendonly=redis_appendonly)
+        postgres.start()
+        try:
+            redis_server.start()
+            yield tmp, postgres, redis_server
+        finally:
+            redis_server.stop()
+            postgres.close()
+
+
+async def fresh_database(postgres: EmbeddedPostgres, name: str, *, months_ahead: int = 1) -> str:
+    url = await create_database(postgres.url(), name)
+    await migrate_database(url, PROJECT_ROOT / "schema", months_ahead=months_ahead)
+    return url
+
+
+def stop_all(processes) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.wait(timeout=60)

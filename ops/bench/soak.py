@@ -15,21 +15,17 @@ import asyncio
 import json
 import random
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 from rich.console import Console
 from rich.progress import Progress
 
 from app.catalog_import import import_catalog
-from app.db import connect, create_database
-from app.embedded import EmbeddedPostgres, LocalRedis
-from app.migrations import migrate_database
+from app.db import connect
 from app.settings import PROJECT_ROOT
 from memory import rss_mib
-from service import DATASTORAGE, service_env, start_api
+from service import DATASTORAGE, fresh_database, private_servers, service_env, start_api, stop_all
 
 CATALOG = PROJECT_ROOT / "tests" / "data" / "catalog.yaml"
 QUERIES = ["pod keeps getting OOMKilled", "node disk almost full", "certificate expired on ingress",
@@ -120,17 +116,11 @@ async def drive(base_url: str, seconds: float, rate: int, batch: int, search_sha
 
 async def main(args) -> dict:
     console = Console(stderr=True)
-    with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
-        tmp = Path(tmp)
-        postgres = EmbeddedPostgres(tmp / "pgdata", delete_on_close=True)
-        redis_server = LocalRedis(tmp / "redis", appendonly=True)
-        postgres.start()
-        redis_server.start()
+    with private_servers("soak-", redis_appendonly=True) as (tmp, postgres, redis_server):
         processes: dict[str, subprocess.Popen] = {}
         samples: dict[str, list[float]] = {}
         try:
-            url = await create_database(postgres.url(), "soak")
-            await migrate_database(url, PROJECT_ROOT / "schema", months_ahead=1)
+            url = await fresh_database(postgres, "soak")
             await import_catalog(url, CATALOG)
             processes["api"], base_url = start_api(url, redis_server.url, tmp / "api.log")
             for n in range(2):
@@ -151,11 +141,7 @@ async def main(args) -> dict:
             finally:
                 await conn.close()
         finally:
-            for process in processes.values():
-                process.terminate()
-                process.wait(timeout=60)
-            redis_server.stop()
-            postgres.close()
+            stop_all(processes.values())
     return {
         **figures, "rows": rows, "lost": figures["events_acknowledged"] - distinct, "duplicated": rows - distinct,
         **{f"{name}_rss_first_mib": values[0] for name, values in samples.items()},
