@@ -3,7 +3,6 @@
 import asyncio
 import contextlib
 
-import asyncpg
 import orjson
 import redis.asyncio as aioredis
 import structlog
@@ -18,10 +17,10 @@ from app.api.middleware import BearerAuth, RequestMetrics
 from app.api.openapi import openapi_document
 from app.api.problems import EXCEPTION_HANDLERS
 from app.audit_store import AuditStore
-from app.db import asyncpg_dsn, create_engine
+from app.db import create_engine
 from app.embedding import shared_loader
 from app.embedding_worker import keep_embeddings_fresh
-from app.playbooks import create_pool as create_catalog_pool
+from app.playbooks import create_pool
 from app.producer import AuditProducer
 from app.settings import Settings
 
@@ -41,16 +40,15 @@ def create_app(settings: Settings) -> Starlette:
         )
         state.redis = aioredis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
         state.producer = AuditProducer(state.redis, settings.stream)
-        # Used only when Redis is down (POST writes straight to Postgres): no connection until then.
-        state.write_pool = await asyncpg.create_pool(asyncpg_dsn(settings.database_url), min_size=0, max_size=2)
-        state.audit_store = AuditStore(state.write_pool)
-        state.catalog_pool = await create_catalog_pool(settings.database_url, min_size=0,
-                                                       max_size=settings.db_pool_size)
+        # asyncpg for the catalog (vectors) and for audit writes when Redis is down; SQLAlchemy
+        # (the engine above) for audit queries built from filters.
+        state.pool = await create_pool(settings.database_url, min_size=0, max_size=settings.db_pool_size)
+        state.audit_store = AuditStore(state.pool)
         state.embedder_loader = shared_loader(settings.embedding_backend, settings.model_cache_dir)
         state.extra_readiness_checks = {"embedding_model": model_ready}
         stop_worker = asyncio.Event()
         worker = asyncio.create_task(keep_embeddings_fresh(
-            settings.database_url, state.catalog_pool, state.embedder_loader, stop_worker,
+            settings.database_url, state.pool, state.embedder_loader, stop_worker,
             settings.embedding_sweep_interval_s))
         if not tokens:
             log.warning("api_auth_disabled", hint="set DATASTORAGE_API_TOKENS or DATASTORAGE_API_TOKENS_FILE")
@@ -60,8 +58,7 @@ def create_app(settings: Settings) -> Starlette:
             stop_worker.set()
             await asyncio.wait([worker], timeout=10)
             worker.cancel()
-            await state.catalog_pool.close()
-            await state.write_pool.close()
+            await state.pool.close()
             await state.redis.aclose()
             await state.engine.dispose()
 

@@ -54,7 +54,7 @@ def _search_arguments(query, labels, min_confidence, max_results) -> dict:
 async def _search_response(request: Request, arguments: dict) -> Response:
     state = request.app.state
     embedder = await state.embedder_loader.get()
-    hits = await search(state.catalog_pool, embedder, arguments.pop("query"), **arguments)
+    hits = await search(state.pool, embedder, arguments.pop("query"), **arguments)
     return JSONResponse({
         "playbooks": [{"playbook_id": h.playbook_id, "version": h.version, "name": h.name,
                        "description": h.description, "confidence": h.confidence, "labels": h.labels}
@@ -98,7 +98,7 @@ async def search_post(request: Request) -> Response:
 
 async def get_playbook(request: Request) -> Response:
     playbook_id = request.path_params["playbook_id"]
-    async with request.app.state.catalog_pool.acquire() as conn:
+    async with request.app.state.pool.acquire() as conn:
         row = await latest_active(conn, playbook_id)
     if row is None:
         raise Problem(404, f"no active playbook {playbook_id!r}")
@@ -107,7 +107,7 @@ async def get_playbook(request: Request) -> Response:
 
 async def list_versions(request: Request) -> Response:
     playbook_id = request.path_params["playbook_id"]
-    async with request.app.state.catalog_pool.acquire() as conn:
+    async with request.app.state.pool.acquire() as conn:
         rows = await versions(conn, playbook_id)
     if not rows:
         raise Problem(404, f"no playbook {playbook_id!r}")
@@ -116,7 +116,7 @@ async def list_versions(request: Request) -> Response:
 
 async def get_version(request: Request) -> Response:
     playbook_id, version = request.path_params["playbook_id"], request.path_params["version"]
-    async with request.app.state.catalog_pool.acquire() as conn:
+    async with request.app.state.pool.acquire() as conn:
         row = await one_version(conn, playbook_id, version)
     if row is None:
         raise Problem(404, f"no version {version!r} of playbook {playbook_id!r}")
