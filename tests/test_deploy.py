@@ -69,8 +69,8 @@ def test_kubernetes_deployments_probes_resources_and_budgets():
         assert resources["requests"]["memory"] and resources["limits"]["memory"]
     api = deployments["datastorage-api"]["spec"]["template"]["spec"]["containers"][0]
     consumer = deployments["datastorage-consumer"]["spec"]["template"]["spec"]["containers"][0]
-    # Above the peaks measured by ops/bench/memory.py: API 622 MiB, consumer 119 MiB.
-    assert mebibytes(api["resources"]["limits"]["memory"]) >= 622 * 1.3
+    # Above the peaks measured by ops/bench/memory.py and soak.py: API 645 MiB, consumer 119 MiB.
+    assert mebibytes(api["resources"]["limits"]["memory"]) >= 645 * 1.3
     assert mebibytes(consumer["resources"]["limits"]["memory"]) >= 119 * 1.3
     assert api["args"] == ["serve"] and consumer["args"] == ["consume"]
     ports = {p["port"] for s in by_kind("Service").values() for p in s["spec"]["ports"]}
