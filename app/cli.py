@@ -58,6 +58,15 @@ def _redis_url(settings: Settings) -> str:
     return settings.redis_url
 
 
+def _service_settings() -> Settings:
+    """Settings of a long-running part (consumer, API): both servers named, /metrics served."""
+    settings = _settings()
+    _database_url(settings)
+    _redis_url(settings)
+    start_metrics_server(settings.metrics_port)
+    return settings
+
+
 @cli.command()
 def run() -> None:
     """Run the whole service; starts embedded Postgres and Redis where no URL is set. Ctrl-C stops it."""
@@ -69,10 +78,7 @@ def consume() -> None:
     """Consume the audit stream into Postgres (one consumer of the group; run several to scale)."""
     from consumers.audit import create_app
 
-    settings = _settings()
-    _database_url(settings)
-    _redis_url(settings)
-    start_metrics_server(settings.metrics_port)
+    settings = _service_settings()
     asyncio.run(create_app(settings).run())
 
 
@@ -81,11 +87,7 @@ def serve() -> None:
     """Serve the HTTP API (audit queries and writes, health) on DATASTORAGE_HTTP_PORT."""
     from app.api.server import serve as serve_api
 
-    settings = _settings()
-    _database_url(settings)
-    _redis_url(settings)
-    start_metrics_server(settings.metrics_port)
-    serve_api(settings)
+    serve_api(_service_settings())
 
 
 @cli.command()

@@ -18,8 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import structlog
 
 from app import metrics
+
+log = structlog.get_logger(__name__)
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 DIMENSIONS = 384
@@ -58,7 +61,7 @@ class Embedder:
 
             cache_dir = Settings().model_cache_dir
         self._model = _load(backend, cache_dir)
-        self.load_seconds = time.perf_counter() - started
+        log.info("embedding_model_loaded", backend=backend, seconds=round(time.perf_counter() - started, 2))
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
 
     def encode_sync(self, texts: list[str]) -> np.ndarray:

@@ -27,8 +27,6 @@ from pydantic import (
 
 EVENT_OUTCOMES = ("success", "failure", "pending", "skipped")
 ACTOR_TYPES = ("system", "user", "service", "operator", "controller")
-# Conventional categories (ADR-034); the column takes any category up to 50 characters.
-EVENT_CATEGORIES = ("notification", "workflow", "ai", "orchestrator", "gateway", "effectiveness")
 
 # The earliest timestamp taken: older ones come from unset clocks (the epoch), not from the past.
 EARLIEST_TIMESTAMP = datetime(2000, 1, 1, tzinfo=timezone.utc)

@@ -14,11 +14,7 @@ import redis.asyncio as aioredis
 
 from app.dlq import original_fields
 from app.settings import Settings
-from app.wire import derived_event_id, entry_id_time
-
-
-def _text(value) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+from app.wire import as_text, derived_event_id, entry_id_time
 
 
 async def stream_status(client: aioredis.Redis, settings: Settings) -> dict:
@@ -28,9 +24,9 @@ async def stream_status(client: aioredis.Redis, settings: Settings) -> dict:
     if not await client.exists(settings.stream):
         return status
     for group in await client.xinfo_groups(settings.stream):
-        name = _text(group["name"])
+        name = as_text(group["name"])
         pending = await client.xpending(settings.stream, name)
-        oldest = _text(pending["min"]) if pending["pending"] else None
+        oldest = as_text(pending["min"]) if pending["pending"] else None
         consumers = await client.xinfo_consumers(settings.stream, name)
         status["groups"].append({
             "name": name,
@@ -38,8 +34,8 @@ async def stream_status(client: aioredis.Redis, settings: Settings) -> dict:
             "pending": pending["pending"],
             "oldest_pending_id": oldest,
             "oldest_pending_age_s": round(time.time() - entry_id_time(oldest).timestamp(), 1) if oldest else None,
-            "last_delivered_id": _text(group["last-delivered-id"]),
-            "consumers": [{"name": _text(c["name"]), "pending": c["pending"], "idle_s": round(c["idle"] / 1000, 1)}
+            "last_delivered_id": as_text(group["last-delivered-id"]),
+            "consumers": [{"name": as_text(c["name"]), "pending": c["pending"], "idle_s": round(c["idle"] / 1000, 1)}
                           for c in consumers],
         })
     return status
@@ -52,10 +48,10 @@ class DeadLetterEntry:
 
     @property
     def reason(self) -> str:
-        return _text(self.fields.get(b"dlq_reason", b""))
+        return as_text(self.fields.get(b"dlq_reason", b""))
 
     def as_text(self) -> dict[str, str]:
-        return {_text(k): _text(v) for k, v in self.fields.items()}
+        return {as_text(k): as_text(v) for k, v in self.fields.items()}
 
 
 async def iterate_dlq(client: aioredis.Redis, dlq_stream: str, *, reason: str | None = None,
@@ -64,12 +60,12 @@ async def iterate_dlq(client: aioredis.Redis, dlq_stream: str, *, reason: str | 
     while True:
         entries = await client.xrange(dlq_stream, min=start, count=page)
         for entry_id, fields in entries:
-            entry = DeadLetterEntry(_text(entry_id), fields)
+            entry = DeadLetterEntry(as_text(entry_id), fields)
             if reason is None or entry.reason == reason:
                 yield entry
         if len(entries) < page:
             return
-        start = "(" + _text(entries[-1][0])
+        start = "(" + as_text(entries[-1][0])
 
 
 async def dlq_list(client: aioredis.Redis, dlq_stream: str, *, reason: str | None = None,
@@ -84,14 +80,14 @@ async def dlq_list(client: aioredis.Redis, dlq_stream: str, *, reason: str | Non
 
 async def dlq_show(client: aioredis.Redis, dlq_stream: str, entry_id: str) -> DeadLetterEntry | None:
     entries = await client.xrange(dlq_stream, min=entry_id, max=entry_id)
-    return DeadLetterEntry(_text(entries[0][0]), entries[0][1]) if entries else None
+    return DeadLetterEntry(as_text(entries[0][0]), entries[0][1]) if entries else None
 
 
 def replay_fields(entry: DeadLetterEntry) -> dict[bytes, bytes]:
     """The original fields, with the identity the original entry gave them where they had none."""
     fields = original_fields(entry.fields)
-    source_stream = _text(entry.fields.get(b"source_stream", b""))
-    source_id = _text(entry.fields.get(b"source_id", b""))
+    source_stream = as_text(entry.fields.get(b"source_stream", b""))
+    source_id = as_text(entry.fields.get(b"source_id", b""))
     if source_id and source_stream:
         if not fields.get(b"event_id"):
             fields[b"event_id"] = str(derived_event_id(source_stream, source_id)).encode()

@@ -1,21 +1,17 @@
-"""The tables as SQLAlchemy Core sees them, for building queries. The schema itself is the SQL
-of `schema/` (tests/test_tables.py checks that the two agree)."""
+"""The audit table as SQLAlchemy Core sees it, for building queries from filters. The schema
+itself is the SQL of `schema/` (tests/test_tables.py checks that the two agree); the catalog is
+queried with asyncpg (vector parameters) and needs no description here."""
 
 from sqlalchemy import (
-    Boolean,
     Column,
     Date,
     DateTime,
-    Integer,
     MetaData,
-    Numeric,
     String,
     Table,
-    Text,
     Uuid,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from pgvector.sqlalchemy import Vector
 
 metadata = MetaData()
 
@@ -42,43 +38,4 @@ audit_events = Table(
     Column("trace_id", String(255)),
     Column("span_id", String(255)),
     Column("metadata", JSONB),
-)
-
-playbook_catalog = Table(
-    "playbook_catalog",
-    metadata,
-    Column("playbook_id", String(255), primary_key=True),
-    Column("version", String(50), primary_key=True),
-    Column("name", String(255), nullable=False),
-    Column("description", Text, nullable=False),
-    Column("owner", String(255)),
-    Column("maintainer", String(255)),
-    Column("content", Text, nullable=False),
-    Column("content_hash", String(64)),
-    Column("labels", JSONB, nullable=False),
-    Column("embedding", Vector(384)),
-    Column("embedding_input_hash", String(64)),
-    Column("embedded_input_hash", String(64)),
-    Column("embedding_model", String(100)),
-    Column("embedded_at", DateTime(timezone=True)),
-    Column("status", String(20), nullable=False),
-    Column("disabled_at", DateTime(timezone=True)),
-    Column("disabled_by", String(255)),
-    Column("disabled_reason", Text),
-    Column("is_latest_version", Boolean, nullable=False),
-    Column("previous_version", String(50)),
-    Column("deprecation_notice", Text),
-    Column("version_notes", Text),
-    Column("change_summary", Text),
-    Column("approved_by", String(255)),
-    Column("approved_at", DateTime(timezone=True)),
-    Column("expected_success_rate", Numeric(4, 3)),
-    Column("expected_duration_seconds", Integer),
-    Column("actual_success_rate", Numeric(4, 3)),
-    Column("total_executions", Integer),
-    Column("successful_executions", Integer),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-    Column("created_by", String(255)),
-    Column("updated_by", String(255)),
 )

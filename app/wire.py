@@ -27,6 +27,17 @@ class InvalidEntry(ValueError):
     """An entry that can never become a row; the message names the field and the problem."""
 
 
+def as_text(value: bytes | str) -> str:
+    """A Redis reply as text (redis-py gives bytes unless told otherwise)."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def entry_id_key(entry_id: str) -> tuple[int, int]:
+    """Stream order of an entry id (`<milliseconds>-<sequence>`)."""
+    millis, sequence = entry_id.split("-")
+    return int(millis), int(sequence)
+
+
 def entry_id_time(entry_id: str) -> datetime:
     """The time Redis gave the entry: the milliseconds part of its id."""
     return datetime.fromtimestamp(int(entry_id.split("-", 1)[0]) / 1000, tz=timezone.utc)

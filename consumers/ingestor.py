@@ -32,7 +32,7 @@ from app.dlq import (
 )
 from app.events import AuditEvent
 from app.settings import Settings
-from app.wire import InvalidEntry, decode_entry, entry_id_time
+from app.wire import InvalidEntry, as_text, decode_entry, entry_id_key, entry_id_time
 
 log = structlog.get_logger(__name__)
 
@@ -49,11 +49,7 @@ class Entry:
 
 
 def entries_from_redis(raw: Sequence[tuple]) -> list[Entry]:
-    return [Entry(_text(entry_id), fields) for entry_id, fields in raw]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    return [Entry(as_text(entry_id), fields) for entry_id, fields in raw]
 
 
 class AuditIngestor:
@@ -177,7 +173,7 @@ class AuditIngestor:
 
     async def _delivery_counts(self, entries: Sequence[Entry]) -> dict[str, int]:
         """How often each entry was delivered, from XPENDING (FastStream does not expose it)."""
-        ids = sorted(entries, key=lambda e: tuple(int(p) for p in e.id.split("-")))
+        ids = sorted(entries, key=lambda e: entry_id_key(e.id))
         pending = await self.redis.xpending_range(
             self.settings.stream,
             self.settings.consumer_group,
@@ -186,7 +182,7 @@ class AuditIngestor:
             count=len(entries) * 2 + 100,
             consumername=self.settings.consumer_name,
         )
-        return {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
+        return {as_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
 
     def _retrying(self, held: list[str]) -> AsyncRetrying:
         async def before_retry(state: RetryCallState) -> None:

@@ -17,7 +17,7 @@ import structlog
 
 from app import metrics
 from app.settings import Settings
-from app.wire import entry_id_time
+from app.wire import as_text, entry_id_key, entry_id_time
 from consumers.ingestor import AuditIngestor, Entry, entries_from_redis
 
 log = structlog.get_logger(__name__)
@@ -73,10 +73,10 @@ async def claim_idle_entries(ingestor: AuditIngestor) -> int:
             settings.stream, settings.consumer_group, settings.consumer_name,
             min_idle_time=settings.claim_idle_ms, start_id=start, count=settings.batch_max_records,
         )
-        start = next_start.decode() if isinstance(next_start, bytes) else next_start
+        start = as_text(next_start)
         done = start == "0-0"
         # Redis drops ids whose entry was deleted from the pending list itself and names them.
-        deleted = [Entry(i.decode() if isinstance(i, bytes) else i, None) for i in (rest[0] if rest else [])]
+        deleted = [Entry(as_text(i), None) for i in (rest[0] if rest else [])]
         return entries_from_redis(claimed) + deleted
 
     while not done:
@@ -90,24 +90,24 @@ async def upkeep_stream(client: aioredis.Redis, settings: Settings) -> None:
     """Gauges, trimming and departed consumers: one round."""
     needed_from = []
     for group in await client.xinfo_groups(settings.stream):
-        name = _text(group["name"])
+        name = as_text(group["name"])
         summary = await client.xpending(settings.stream, name)
         needed_from.append(_oldest_needed_id(group, summary))
         if name == settings.consumer_group:
             metrics.STREAM_LAG.set(group.get("lag") or 0)
             metrics.STREAM_PENDING.set(summary["pending"])
             metrics.STREAM_OLDEST_PENDING_AGE.set(
-                time.time() - entry_id_time(_text(summary["min"])).timestamp() if summary["pending"] else 0
+                time.time() - entry_id_time(as_text(summary["min"])).timestamp() if summary["pending"] else 0
             )
     metrics.STREAM_LENGTH.set(await client.xlen(settings.stream))
     metrics.DLQ_DEPTH.set(await client.xlen(settings.dlq_stream))
 
     if needed_from:
         # Approximate trimming removes whole nodes below the id only: never an entry at or above it.
-        await client.xtrim(settings.stream, minid=min(needed_from, key=_id_key), approximate=True)
+        await client.xtrim(settings.stream, minid=min(needed_from, key=entry_id_key), approximate=True)
 
     for consumer in await client.xinfo_consumers(settings.stream, settings.consumer_group):
-        name = _text(consumer["name"])
+        name = as_text(consumer["name"])
         departed = consumer["pending"] == 0 and consumer["idle"] > DEPARTED_CONSUMER_IDLE_MS
         if departed and name != settings.consumer_name:
             await client.xgroup_delconsumer(settings.stream, settings.consumer_group, name)
@@ -118,18 +118,9 @@ def _oldest_needed_id(group: dict, pending_summary: dict) -> str:
     """The smallest id a group may still need: its oldest pending entry, else the one after the
     last it was given (everything up to that one is acknowledged)."""
     if pending_summary["pending"]:
-        return _text(pending_summary["min"])
-    millis, sequence = _text(group["last-delivered-id"]).split("-")
+        return as_text(pending_summary["min"])
+    millis, sequence = as_text(group["last-delivered-id"]).split("-")
     return f"{millis}-{int(sequence) + 1}"
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    millis, sequence = entry_id.split("-")
-    return int(millis), int(sequence)
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def run_periodically(name: str, interval_s: float, stop: asyncio.Event, work) -> None:
