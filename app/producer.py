@@ -1,10 +1,12 @@
-"""Publishing audit events from a Python service: one call per event or a pipelined batch.
+"""The producer library: what another Python service imports to write its audit trail.
 
+    import redis.asyncio
     from app.producer import AuditProducer, notification_audit_event
 
     producer = AuditProducer(redis.asyncio.Redis.from_url("redis://…"))
     await producer.publish(notification_audit_event("notif-1", "sent", "ops@example.com", "email"))
 
+This module is the project's public API (`__all__`); everything else is the service's own.
 Services in other languages XADD the same flat fields (README: "Producing events").
 """
 
@@ -13,10 +15,22 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from app.events import AuditEvent
-from app.wire import encode_event
+from app.audit.event import AuditEvent, ValidationLimits
+from app.audit.wire import encode_event
+from app.streams.keys import StreamKeys
 
-DEFAULT_STREAM = "audit_events"
+__all__ = [
+    "AuditEvent",
+    "AuditProducer",
+    "DEFAULT_STREAM",
+    "ValidationLimits",
+    "ai_analysis_audit_event",
+    "new_audit_event",
+    "notification_audit_event",
+    "workflow_audit_event",
+]
+
+DEFAULT_STREAM = StreamKeys().stream
 
 
 class AuditProducer:
@@ -66,10 +80,17 @@ def new_audit_event(
 
 # A notification's status -> the event's outcome.
 _NOTIFICATION_OUTCOMES = {
-    "sent": "success", "delivered": "success", "acknowledged": "success",
-    "failed": "failure", "bounced": "failure", "rejected": "failure",
-    "pending": "pending", "queued": "pending", "retrying": "pending",
-    "skipped": "skipped", "suppressed": "skipped",
+    "sent": "success",
+    "delivered": "success",
+    "acknowledged": "success",
+    "failed": "failure",
+    "bounced": "failure",
+    "rejected": "failure",
+    "pending": "pending",
+    "queued": "pending",
+    "retrying": "pending",
+    "skipped": "skipped",
+    "suppressed": "skipped",
 }
 
 

@@ -1,7 +1,7 @@
 """The audit consumer: a FastStream app reading `audit_events` in batches as group `datastorage`.
 
 FastStream owns the broker, the read loop over new entries (`>`), the app's lifecycle and signals,
-and the AsyncAPI description. The rest is ours (DESIGN.md, the traps): acknowledgement after
+and the AsyncAPI description. The rest is ours (docs/FASTSTREAM.md): acknowledgement after
 commit (`AckPolicy.MANUAL`, XACK by id), recovery of pending entries, claiming, trimming.
 
     app = create_app(settings)   # `datastorage consume` runs it; `datastorage run` starts it in-process
@@ -15,22 +15,16 @@ import redis.asyncio as aioredis
 import structlog
 from faststream import AckPolicy, FastStream
 from faststream.redis import RedisBroker, StreamSub
-from faststream.specification import AsyncAPI
 from faststream.redis.annotations import RedisBatchStreamMessage
 from faststream.redis.message import RedisBatchStreamMessage as BatchMessage
+from faststream.specification import AsyncAPI
 
-from app import metrics
-from app.audit_store import AuditStore
-from app.db import asyncpg_dsn
-from app.settings import Settings
+from app.audit.store import AuditStore
+from app.core import metrics
+from app.core.db import asyncpg_dsn
+from app.core.settings import Settings
 from consumers.ingestor import AuditIngestor, entries_from_redis
-from consumers.upkeep import (
-    claim_idle_entries,
-    ensure_group,
-    recover_own_pending,
-    run_periodically,
-    upkeep_stream,
-)
+from consumers.upkeep import claim_idle_entries, ensure_group, recover_own_pending, run_periodically, upkeep_stream
 
 log = structlog.get_logger(__name__)
 # Through the root logger, so FastStream's lines come out in the service's format (app/logs.py).
@@ -56,15 +50,15 @@ class AuditConsumer:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.broker = RedisBroker(
-            settings.redis_url,
+            settings.require_redis_url(),
             graceful_timeout=settings.shutdown_timeout_s,
             logger=FASTSTREAM_LOGGER,
             # FastStream logs every batch at INFO otherwise.
             log_level=logging.DEBUG,
         )
-        self.redis = aioredis.from_url(settings.redis_url)
+        self.redis = aioredis.from_url(settings.require_redis_url())
         self.pool: asyncpg.Pool | None = None
-        self.ingestor: AuditIngestor | None = None
+        self._ingestor: AuditIngestor | None = None
         self._stop_background = asyncio.Event()
         self._background: list[asyncio.Task] = []
 
@@ -84,6 +78,12 @@ class AuditConsumer:
         )
         subscriber(self._store_batch)
 
+    @property
+    def ingestor(self) -> AuditIngestor:
+        if self._ingestor is None:
+            raise RuntimeError("the consumer has not started")
+        return self._ingestor
+
     async def _keep_raw_entries(self, raw: dict, _default_parser) -> BatchMessage:
         # The handler reads the raw entries itself; FastStream's body decoding is made for its
         # own envelope (the field `data`) and would only cost time here.
@@ -91,18 +91,18 @@ class AuditConsumer:
 
     async def _store_batch(self, msg: RedisBatchStreamMessage) -> None:
         raw = msg.raw_message
-        await self.ingestor.process(entries_from_redis(list(zip(raw["message_ids"], raw["data"]))))
+        await self.ingestor.process(entries_from_redis(list(zip(raw["message_ids"], raw["data"], strict=True))))
 
     async def prepare(self) -> None:
         """Before the broker reads: storage, the group, and this consumer's own pending entries."""
         # min_size=0: the consumer starts (and Redis keeps buffering) while Postgres is down.
         self.pool = await asyncpg.create_pool(
-            asyncpg_dsn(self.settings.database_url), min_size=0, max_size=self.settings.db_pool_size
+            asyncpg_dsn(self.settings.require_database_url()), min_size=0, max_size=self.settings.db_pool_size
         )
         metrics.DB_CONNECTIONS_IN_USE.set_function(
             lambda: self.pool.get_size() - self.pool.get_idle_size() if self.pool else 0
         )
-        self.ingestor = AuditIngestor(self.settings, self.redis, AuditStore(self.pool))
+        self._ingestor = AuditIngestor(self.settings, self.redis, AuditStore(self.pool))
         await ensure_group(self.redis, self.settings)
         log.info("consumer_starting", consumer=self.settings.consumer_name, stream=self.settings.stream)
         # Before the subscriber reads anything new: otherwise the history read would deliver
@@ -111,21 +111,29 @@ class AuditConsumer:
 
     async def start_background(self) -> None:
         self._background = [
-            asyncio.create_task(run_periodically(
-                "claim", self.settings.claim_interval_s, self._stop_background,
-                lambda: claim_idle_entries(self.ingestor),
-            )),
-            asyncio.create_task(run_periodically(
-                "stream_upkeep", self.settings.hygiene_interval_s, self._stop_background,
-                lambda: upkeep_stream(self.redis, self.settings),
-            )),
+            asyncio.create_task(
+                run_periodically(
+                    "claim",
+                    self.settings.claim_interval_s,
+                    self._stop_background,
+                    lambda: claim_idle_entries(self.ingestor),
+                )
+            ),
+            asyncio.create_task(
+                run_periodically(
+                    "stream_upkeep",
+                    self.settings.hygiene_interval_s,
+                    self._stop_background,
+                    lambda: upkeep_stream(self.redis, self.settings),
+                )
+            ),
         ]
 
     async def begin_shutdown(self) -> None:
         """Stop reading: a batch waiting for a retry gives up (stays pending); one being written
         finishes (FastStream waits up to graceful_timeout)."""
-        if self.ingestor is not None:  # None when stopped before start-up finished
-            self.ingestor.stopping.set()
+        if self._ingestor is not None:  # None when stopped before start-up finished
+            self._ingestor.stopping.set()
         self._stop_background.set()
         await asyncio.gather(*self._background, return_exceptions=True)
 

@@ -19,10 +19,13 @@ import redis.asyncio as aioredis
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
-from app import metrics
-from app.audit_store import AuditStore
-from app.db_errors import ErrorKind, classify, describe
-from app.dlq import (
+from app.audit.event import AuditEvent
+from app.audit.store import AuditStore
+from app.audit.wire import InvalidEntry, decode_entry
+from app.core import metrics
+from app.core.settings import Settings
+from app.core.sqlstate import ErrorKind, classify, describe
+from app.streams.dlq import (
     REASON_ENTRY_DELETED,
     REASON_MAX_DELIVERIES,
     REASON_PERMANENT_DB_ERROR,
@@ -30,9 +33,7 @@ from app.dlq import (
     DeadLetter,
     dead_letter,
 )
-from app.events import AuditEvent
-from app.settings import Settings
-from app.wire import InvalidEntry, as_text, decode_entry, entry_id_key, entry_id_time
+from app.streams.ids import as_text, entry_id_key, entry_id_time
 
 log = structlog.get_logger(__name__)
 
@@ -65,9 +66,7 @@ class AuditIngestor:
         async with self._one_batch_at_a_time:
             await self._process(entries, redelivered=redelivered)
 
-    async def read_and_process(
-        self, read: Callable[[], Awaitable[list[Entry]]], *, redelivered: bool = True
-    ) -> int:
+    async def read_and_process(self, read: Callable[[], Awaitable[list[Entry]]], *, redelivered: bool = True) -> int:
         """Reads (claims) entries and processes them without letting another batch in between,
         so that claimed entries never sit idle in this consumer waiting for their turn."""
         async with self._one_batch_at_a_time:
@@ -84,15 +83,28 @@ class AuditIngestor:
         for entry in entries:
             count = deliveries.get(entry.id, 1)
             if entry.fields is None:
-                letters.append(DeadLetter(entry.id, {}, REASON_ENTRY_DELETED,
-                                          "the entry was deleted from the stream before it was stored", count))
+                letters.append(
+                    DeadLetter(
+                        entry.id,
+                        {},
+                        REASON_ENTRY_DELETED,
+                        "the entry was deleted from the stream before it was stored",
+                        count,
+                    )
+                )
             elif count > self.settings.max_deliveries:
-                letters.append(DeadLetter(entry.id, entry.fields, REASON_MAX_DELIVERIES,
-                                          f"delivered {count} times without being stored", count))
+                letters.append(
+                    DeadLetter(
+                        entry.id,
+                        entry.fields,
+                        REASON_MAX_DELIVERIES,
+                        f"delivered {count} times without being stored",
+                        count,
+                    )
+                )
             else:
                 try:
-                    event = decode_entry(self.settings.stream, entry.id, entry.fields,
-                                         self.settings.validation_limits)
+                    event = decode_entry(self.settings.stream, entry.id, entry.fields, self.settings.validation_limits)
                 except InvalidEntry as error:
                     letters.append(DeadLetter(entry.id, entry.fields, REASON_VALIDATION, str(error), count))
                 else:
@@ -112,11 +124,7 @@ class AuditIngestor:
             log.warning("batch_left_pending_at_shutdown", entries=len(entries))
 
     async def _store(
-        self,
-        pairs: list[tuple[Entry, AuditEvent]],
-        deliveries: dict[str, int],
-        *,
-        isolate_ambiguous: bool,
+        self, pairs: list[tuple[Entry, AuditEvent]], deliveries: dict[str, int], *, isolate_ambiguous: bool
     ) -> list[DeadLetter]:
         """Stores and acknowledges `pairs`; returns the entries the database refuses."""
         if not pairs:
@@ -131,13 +139,19 @@ class AuditIngestor:
                 raise
             if len(pairs) == 1:
                 entry, event = pairs[0]
-                return [DeadLetter(entry.id, entry.fields, REASON_PERMANENT_DB_ERROR, describe(error),
-                                   deliveries.get(entry.id, 1))]
+                return [
+                    DeadLetter(
+                        entry.id,
+                        entry.fields or {},
+                        REASON_PERMANENT_DB_ERROR,
+                        describe(error),
+                        deliveries.get(entry.id, 1),
+                    )
+                ]
             middle = len(pairs) // 2
-            return (
-                await self._store(pairs[:middle], deliveries, isolate_ambiguous=isolate_ambiguous)
-                + await self._store(pairs[middle:], deliveries, isolate_ambiguous=isolate_ambiguous)
-            )
+            return await self._store(
+                pairs[:middle], deliveries, isolate_ambiguous=isolate_ambiguous
+            ) + await self._store(pairs[middle:], deliveries, isolate_ambiguous=isolate_ambiguous)
         committed = time.time()
         metrics.AUDIT_WRITE_DURATION.observe(time.perf_counter() - started)
         metrics.AUDIT_WRITES.labels("stored").inc(inserted)
@@ -186,7 +200,10 @@ class AuditIngestor:
 
     def _retrying(self, held: list[str]) -> AsyncRetrying:
         async def before_retry(state: RetryCallState) -> None:
+            # Called only after a failed attempt: there is an outcome, and it is an exception.
+            assert state.outcome is not None
             error = state.outcome.exception()
+            assert error is not None
             log.warning(
                 "batch_write_retry",
                 attempt=state.attempt_number,

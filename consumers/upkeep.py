@@ -1,4 +1,4 @@
-"""What FastStream's group subscriber does not do (DESIGN.md, the traps), done with redis-py:
+"""What FastStream's group subscriber does not do (docs/FASTSTREAM.md), done with redis-py:
 
 * re-read this consumer's own pending entries at start (the subscriber only reads `>`);
 * claim other consumers' entries idle longer than `claim_idle_ms` (XAUTOCLAIM, whole batches);
@@ -15,9 +15,9 @@ import redis
 import redis.asyncio as aioredis
 import structlog
 
-from app import metrics
-from app.settings import Settings
-from app.wire import as_text, entry_id_key, entry_id_time
+from app.core import metrics
+from app.core.settings import Settings
+from app.streams.ids import as_text, entry_id_key, entry_id_time
 from consumers.ingestor import AuditIngestor, Entry, entries_from_redis
 
 log = structlog.get_logger(__name__)
@@ -45,8 +45,7 @@ async def recover_own_pending(ingestor: AuditIngestor) -> int:
     async def read_page() -> list[Entry]:
         nonlocal after
         response = await client.xreadgroup(
-            settings.consumer_group, settings.consumer_name, {settings.stream: after},
-            count=settings.batch_max_records,
+            settings.consumer_group, settings.consumer_name, {settings.stream: after}, count=settings.batch_max_records
         )
         entries = entries_from_redis(response[0][1]) if response else []
         if entries:
@@ -70,8 +69,12 @@ async def claim_idle_entries(ingestor: AuditIngestor) -> int:
     async def claim_page() -> list[Entry]:
         nonlocal start, done
         next_start, claimed, *rest = await client.xautoclaim(
-            settings.stream, settings.consumer_group, settings.consumer_name,
-            min_idle_time=settings.claim_idle_ms, start_id=start, count=settings.batch_max_records,
+            settings.stream,
+            settings.consumer_group,
+            settings.consumer_name,
+            min_idle_time=settings.claim_idle_ms,
+            start_id=start,
+            count=settings.batch_max_records,
         )
         start = as_text(next_start)
         done = start == "0-0"

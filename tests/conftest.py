@@ -5,25 +5,20 @@ flushed Redis. Tests that stop a server get it back running before the next test
 """
 
 import uuid
-from pathlib import Path
 
-import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from app.api.app import create_app
-from app.catalog_import import import_catalog
-from app.embedding import shared_loader
-from app.playbooks import count_stale, create_pool
-from tests.consumers import ConsumerProcess
-
-from app.db import connect, create_database, drop_database
-from app.migrations import migrate_database
-from app.settings import PROJECT_ROOT, Settings
+from app.catalog.embedding import shared_loader
+from app.catalog.freshness import count_stale
+from app.catalog.importer import import_catalog
+from app.catalog.store import create_pool
+from app.core.db import connect, create_database, drop_database
+from app.core.migrations import migrate_database
+from app.core.settings import Settings
+from tests.helpers import CATALOG, SCHEMA_DIR, ConsumerProcess, client_for
 from tests.servers import start_postgres, start_redis
 
-SCHEMA_DIR = PROJECT_ROOT / "schema"
-CATALOG = Path(__file__).parent / "data" / "catalog.yaml"
 TEMPLATE_DATABASE = "datastorage_test_template"
 
 
@@ -93,9 +88,16 @@ async def redis_url(redis_server) -> str:
 
 
 @pytest.fixture
+async def client(redis_url):
+    """A client of this test's (flushed) Redis."""
+    client = aioredis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
 def settings(database_url, redis_url) -> Settings:
     return Settings(database_url=database_url, redis_url=redis_url, schema_dir=SCHEMA_DIR)
-
 
 
 @pytest.fixture
@@ -123,27 +125,16 @@ async def api(settings):
         yield client
 
 
-def client_for(settings):
-    app = create_app(settings)
-
-    class Client:
-        async def __aenter__(self):
-            self._lifespan = app.router.lifespan_context(app)
-            await self._lifespan.__aenter__()
-            self.client = httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://api")
-            return self.client
-
-        async def __aexit__(self, *exc):
-            await self.client.aclose()
-            await self._lifespan.__aexit__(*exc)
-
-    return Client()
+@pytest.fixture(scope="session")
+def embedder_loader():
+    """The model, loaded once per session (in the default cache folder)."""
+    defaults = Settings()
+    return shared_loader(defaults.embedding_backend, defaults.model_cache_dir)
 
 
 @pytest.fixture(scope="session")
-async def embedder():
-    return await shared_loader().get()
+async def embedder(embedder_loader):
+    return await embedder_loader.get()
 
 
 @pytest.fixture
@@ -155,7 +146,7 @@ async def pool(database_url):
 
 @pytest.fixture
 async def catalog(database_url, pool, embedder):
-    summary = await import_catalog(database_url, CATALOG)
+    summary = await import_catalog(database_url, CATALOG, embedder=lambda: embedder)
     assert summary.entries == 9
     async with pool.acquire() as conn:  # embedded by the import (or by a running service's worker)
         assert await count_stale(conn) == 0

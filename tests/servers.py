@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from app.embedded import EmbeddedPostgres, LocalRedis
+from app.local.embedded import EmbeddedPostgres, LocalRedis
 
 
 class PostgresUnderTest:

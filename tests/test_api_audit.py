@@ -2,24 +2,18 @@
 
 import asyncio
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
-import httpx
-import orjson
 import pytest
 import redis.asyncio as aioredis
 from sqlalchemy.dialects import postgresql
 
-from app.audit_query import AuditQuery, build_select
-from app.audit_store import AuditStore
-from app.embedding import shared_loader
-from app.partitions import ensure_partitions
-from app.producer import new_audit_event
-from app.wire import decode_entry
-from tests.conftest import client_for
-
-EVENTS = "/api/v1/audit-events"
+from app.audit.partitions import ensure_partitions
+from app.audit.query import AuditQuery, build_select
+from app.audit.store import AuditStore
+from app.audit.wire import decode_entry
+from tests.helpers import EVENTS, assert_problem, body_of, client_for, event
 
 
 @pytest.fixture
@@ -27,26 +21,6 @@ async def store(database_url):
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     yield AuditStore(pool)
     await pool.close()
-
-
-def event(n: int = 0, **fields):
-    values = dict(service_name="gateway", actor_type="service", resource_type="notification",
-                  resource_id=f"notif-{n}", event_data={"n": n})
-    values.update(fields)
-    return new_audit_event(values.pop("event_type", "notification.sent"),
-                           values.pop("event_category", "notification"),
-                           values.pop("event_outcome", "success"), **values)
-
-
-def assert_problem(response: httpx.Response, status: int, detail_part: str = "") -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body = response.json()
-    assert {"type", "title", "status", "detail", "instance"} <= set(body)
-    assert body["status"] == status
-    assert detail_part in body["detail"], body["detail"]
-    assert "Traceback" not in response.text and "SELECT" not in response.text
-    return body
 
 
 # --- queries -------------------------------------------------------------------------------
@@ -84,7 +58,7 @@ async def test_an_event_reads_back_as_it_was_written(api, store):
 
 
 async def test_since_and_until_take_rfc3339_and_durations(api, store):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     ages = {"2m": timedelta(minutes=2), "3h": timedelta(hours=3), "2d": timedelta(days=2)}
     await store.insert([event(n, event_timestamp=now - age, resource_id=label)
                         for n, (label, age) in enumerate(ages.items())])
@@ -141,7 +115,7 @@ async def test_sql_injection_strings_do_nothing_but_a_400_or_an_empty_result(api
 
 
 async def test_order_asc_reads_a_correlation_oldest_first(api, store):
-    start = datetime.now(timezone.utc) - timedelta(minutes=10)
+    start = datetime.now(UTC) - timedelta(minutes=10)
     batch = [event(n, correlation_id="rem-1", event_timestamp=start + timedelta(seconds=n)) for n in range(5)]
     await store.insert(list(reversed(batch)))
     newest_first = (await api.get(EVENTS, params={"correlation_id": "rem-1"})).json()["data"]
@@ -152,7 +126,7 @@ async def test_order_asc_reads_a_correlation_oldest_first(api, store):
 
 @pytest.mark.parametrize("order", ["desc", "asc"])
 async def test_pages_cover_2500_rows_once_while_new_rows_arrive(api, store, order):
-    start = datetime.now(timezone.utc) - timedelta(hours=1)
+    start = datetime.now(UTC) - timedelta(hours=1)
     # Pairs of events share a timestamp: the event_id breaks the tie.
     initial = [event(n, event_timestamp=start + timedelta(milliseconds=(n // 2) * 1000)) for n in range(2500)]
     for offset in range(0, 2500, 500):
@@ -163,7 +137,7 @@ async def test_pages_cover_2500_rows_once_while_new_rows_arrive(api, store, orde
     async def keep_inserting():
         n = 0
         while arriving:
-            await store.insert([event(10_000 + n, event_timestamp=datetime.now(timezone.utc))])
+            await store.insert([event(10_000 + n, event_timestamp=datetime.now(UTC))])
             n += 1
             await asyncio.sleep(0.005)
 
@@ -194,7 +168,7 @@ async def test_pages_cover_2500_rows_once_while_new_rows_arrive(api, store, orde
 
 async def test_pages_without_a_time_window_see_new_rows_only_on_the_first_page(api, store):
     """Newest first, new rows land before the cursor: later pages neither skip nor repeat."""
-    base = datetime.now(timezone.utc) - timedelta(minutes=5)
+    base = datetime.now(UTC) - timedelta(minutes=5)
     await store.insert([event(n, event_timestamp=base + timedelta(seconds=n)) for n in range(30)])
     first = (await api.get(EVENTS, params={"limit": 10})).json()
     await store.insert([event(100 + n) for n in range(5)])
@@ -203,7 +177,7 @@ async def test_pages_without_a_time_window_see_new_rows_only_on_the_first_page(a
 
 
 async def test_a_time_bounded_query_reads_only_its_partitions(db):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     await ensure_partitions(db, [now.date() - timedelta(days=62), now.date() - timedelta(days=31)])
     query = AuditQuery(filters={"event_type": "a.b"}, since=now - timedelta(hours=24),
                        latest_event_date=(now + timedelta(hours=1)).date())
@@ -222,10 +196,6 @@ async def test_get_one_event_is_404_when_unknown(api):
 
 
 # --- writes --------------------------------------------------------------------------------
-
-
-def body_of(e) -> dict:
-    return orjson.loads(e.model_dump_json(exclude_none=True))
 
 
 async def test_post_one_event_puts_it_on_the_stream(api, redis_url):
@@ -328,9 +298,8 @@ async def test_unknown_routes_and_methods_are_problems(api):
     assert_problem(await api.delete(EVENTS), 405)
 
 
-async def test_healthz_and_readyz(api):
+async def test_healthz_and_readyz(api, embedder):
     assert (await api.get("/healthz")).json() == {"status": "ok"}
-    await shared_loader().get()
     ready = await api.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"postgres": "ok", "redis": "ok", "embedding_model": "ok"}

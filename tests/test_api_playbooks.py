@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.test_api_audit import assert_problem
+from tests.helpers import assert_problem
 
 SEARCH = "/api/v1/playbooks/search"
 

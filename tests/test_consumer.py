@@ -5,69 +5,27 @@ DLQ with a reason, and nothing stays pending."""
 import asyncio
 import json
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
-import pytest
-import redis.asyncio as aioredis
 
-from app.audit_store import AuditStore
-from app.db import connect
-from app.embedded import free_port
-from app.producer import AuditProducer, new_audit_event
-from app.wire import decode_entry
-from tests.consumers import wait_for
-
-STREAM, DLQ, GROUP = "audit_events", "audit_dlq", "datastorage"
-
-
-@pytest.fixture
-async def client(redis_url):
-    client = aioredis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-def events(count: int, **fields):
-    return [
-        new_audit_event(
-            "notification.sent", "notification", "success",
-            service_name="notification-controller", actor_type="controller",
-            resource_type="notification", resource_id=f"notif-{n}",
-            event_data={"n": n}, correlation_id=f"rem-{n // 100}", **fields,
-        )
-        for n in range(count)
-    ]
-
-
-async def publish(client, batch) -> list[str]:
-    return await AuditProducer(client).publish_many(batch)
-
-
-async def row_counts(db) -> tuple[int, int]:
-    row = await db.fetchrow("SELECT count(*) AS n, count(DISTINCT event_id) AS distinct_ids FROM audit_events")
-    return row["n"], row["distinct_ids"]
-
-
-async def pending(client) -> int:
-    return (await client.xpending(STREAM, GROUP))["pending"]
-
-
-async def dead_letters(client) -> list[dict[str, str]]:
-    return [
-        {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
-        for _, fields in await client.xrange(DLQ)
-    ]
-
-
-async def settled(db, client, rows: int, dlq: int = 0, timeout: float = 60) -> None:
-    """Waits until `rows` rows are stored, `dlq` entries dead-lettered and nothing is pending."""
-    async def done():
-        return (await row_counts(db))[0] >= rows and await client.xlen(DLQ) >= dlq and await pending(client) == 0
-
-    await wait_for(done, timeout, f"{rows} rows, {dlq} dead letters and nothing pending")
-    assert await row_counts(db) == (rows, rows), "every event exactly once"
-    assert await client.xlen(DLQ) == dlq
+from app.audit.store import AuditStore
+from app.audit.wire import decode_entry
+from app.core.db import connect
+from app.local.embedded import free_port
+from app.producer import AuditProducer
+from tests.helpers import (
+    DLQ,
+    GROUP,
+    STREAM,
+    dead_letters,
+    events,
+    pending,
+    publish,
+    row_counts,
+    settled,
+    wait_for,
+)
 
 
 async def test_events_flow_from_the_stream_to_rows(db, client, consumers):
@@ -179,7 +137,7 @@ async def test_every_kind_of_invalid_entry_is_dead_lettered_with_its_reason(db, 
         assert fields[b"dlq_reason"] == b"validation", name
         assert fields[b"source_stream"] == b"audit_events"
         assert fields[b"delivery_count"] == b"1"
-        assert datetime.fromisoformat(fields[b"failed_at"].decode()) <= datetime.now(timezone.utc)
+        assert datetime.fromisoformat(fields[b"failed_at"].decode()) <= datetime.now(UTC)
         expected = INVALID_ENTRIES[name][1] if name in INVALID_ENTRIES else "resource_name: value is not valid UTF-8"
         assert expected in fields[b"dlq_error"].decode(), (name, fields[b"dlq_error"])
         originals = {(k.encode() if isinstance(k, str) else k): (v.encode() if isinstance(v, str) else v)
@@ -223,7 +181,7 @@ async def test_an_entry_delivered_too_often_is_dead_lettered(db, client, consume
 
 
 async def test_events_of_two_months_land_in_two_partitions(db, client, consumers):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     last_month = (now.replace(day=1) - timedelta(days=1)).replace(hour=12)
     await publish(client, events(5, event_timestamp=now) + events(5, event_timestamp=last_month))
     await consumers()

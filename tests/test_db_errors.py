@@ -1,12 +1,13 @@
-"""Classifying write failures by SQLSTATE, as the plan's error tables do."""
+"""Classifying write failures by SQLSTATE (docs/SQLSTATE.md, after the plan's error tables)."""
 
-import asyncio
 
 import asyncpg
 import pytest
 import redis
 
-from app.db_errors import ErrorKind, classify, classify_sqlstate
+from app.core import sqlstate
+from app.core.settings import PROJECT_ROOT
+from app.core.sqlstate import ErrorKind, classify, classify_sqlstate
 
 
 @pytest.mark.parametrize("sqlstate", ["40P01", "40001", "55P03", "53300", "57P01", "57P02", "57P03",
@@ -27,7 +28,7 @@ def test_ambiguous_sqlstates(sqlstate):
 
 
 def test_connection_failures_are_transient():
-    for error in (ConnectionRefusedError(), asyncio.TimeoutError(),
+    for error in (ConnectionRefusedError(), TimeoutError(),
                   asyncpg.ConnectionDoesNotExistError("closed"), redis.ConnectionError("down")):
         assert classify(error) is ErrorKind.TRANSIENT
 
@@ -40,3 +41,23 @@ def test_postgres_errors_are_classified_by_their_sqlstate():
     assert classify(asyncpg.DeadlockDetectedError("deadlock")) is ErrorKind.TRANSIENT
     assert classify(asyncpg.CheckViolationError("check")) is ErrorKind.PERMANENT
     assert classify(asyncpg.QueryCanceledError("cancelled")) is ErrorKind.AMBIGUOUS
+
+
+def test_the_documented_table_is_the_classification():
+    """docs/SQLSTATE.md lists exactly the codes and classes the code classifies, with their kind."""
+    lines = (PROJECT_ROOT / "docs" / "SQLSTATE.md").read_text().splitlines()
+    start = lines.index("| SQLSTATE | name | kind | why |") + 2
+    documented = {}
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        code, _, kind, _ = (cell.strip() for cell in line.strip("|").split("|", 3))
+        documented[code] = kind
+    in_code = {
+        **{code: "transient" for code in sqlstate.TRANSIENT_SQLSTATES},
+        **{f"{cls}xxx": "transient" for cls in sqlstate.TRANSIENT_SQLSTATE_CLASSES},
+        **{code: "permanent" for code in sqlstate.PERMANENT_SQLSTATES},
+        **{f"{cls}xxx": "permanent" for cls in sqlstate.PERMANENT_SQLSTATE_CLASSES},
+        **{code: "ambiguous" for code in sqlstate.AMBIGUOUS_SQLSTATES},
+    }
+    assert documented == in_code

@@ -1,12 +1,12 @@
 """The event model: what it accepts, what it refuses, and that every refusal names the field."""
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import ValidationError
 
-from app.events import AuditEvent, ValidationLimits, describe_validation_error, parse_rfc3339
+from app.audit.event import AuditEvent, ValidationLimits, describe_validation_error, parse_rfc3339
 
 VALID = {
     "event_type": "workflow.started",
@@ -104,7 +104,7 @@ def test_nul_characters_are_refused_anywhere():
 
 def test_timestamps_are_rfc3339_with_an_offset():
     event = AuditEvent.model_validate({**VALID, "event_timestamp": "2026-11-25T17:30:00.123+02:00"})
-    assert event.event_timestamp == datetime(2026, 11, 25, 15, 30, 0, 123000, tzinfo=timezone.utc)
+    assert event.event_timestamp == datetime(2026, 11, 25, 15, 30, 0, 123000, tzinfo=UTC)
     assert refusal(event_timestamp="2026-11-25T17:30:00") == "event_timestamp: must carry a UTC offset (Z or ±hh:mm)"
     assert "RFC 3339" in refusal(event_timestamp="2026-11-25")
     assert "RFC 3339" in refusal(event_timestamp=1764091800)
@@ -117,9 +117,9 @@ def test_event_date_is_the_utc_date():
 
 
 def test_timestamps_far_in_the_future_or_before_2000_are_refused():
-    soon = datetime.now(timezone.utc) + timedelta(minutes=30)
+    soon = datetime.now(UTC) + timedelta(minutes=30)
     AuditEvent.model_validate({**VALID, "event_timestamp": soon})
-    later = datetime.now(timezone.utc) + timedelta(hours=2)
+    later = datetime.now(UTC) + timedelta(hours=2)
     assert "in the future" in refusal(event_timestamp=later)
     assert "before 2000-01-01" in refusal(event_timestamp="1970-01-01T00:00:00Z")
     strict = ValidationLimits(max_future_skew=timedelta(minutes=10))
@@ -141,4 +141,4 @@ def test_several_errors_are_all_named():
 
 
 def test_parse_rfc3339_accepts_z_and_lowercase():
-    assert parse_rfc3339("2026-11-25t17:30:00z") == datetime(2026, 11, 25, 17, 30, tzinfo=timezone.utc)
+    assert parse_rfc3339("2026-11-25t17:30:00z") == datetime(2026, 11, 25, 17, 30, tzinfo=UTC)

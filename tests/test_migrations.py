@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from app.db import connect
-from app.migrations import MigrationError, apply_migrations, discover, migrate_database
-from tests.conftest import SCHEMA_DIR
+from app.core.db import connect
+from app.core.migrations import MigrationError, apply_migrations, discover, migrate_database
+from tests.helpers import SCHEMA_DIR
 
 
 async def schema_snapshot(conn) -> list:

@@ -23,12 +23,12 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from app.api.openapi import openapi_document
-from app.embedded import free_port
-from tests.test_api_audit import body_of, event
+from app.api.app import api_document
+from app.local.embedded import free_port
+from tests.helpers import body_of, event
 
 DATASTORAGE = str(Path(sys.executable).parent / "datastorage")
-DOCUMENT = openapi_document(auth=False)
+DOCUMENT = api_document(auth=False)
 
 
 @pytest.fixture

@@ -4,19 +4,14 @@ import json
 import os
 import subprocess
 import sys
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
-import pytest
-import redis.asyncio as aioredis
-
-from app.partitions import ensure_partitions, list_partitions
+from app.audit.partitions import ensure_partitions, list_partitions
+from app.audit.wire import derived_event_id
 from app.producer import AuditProducer
-from app.stream_ops import DeadLetterEntry, replay_fields
-from app.wire import derived_event_id
-from tests.consumers import wait_for
-from tests.test_consumer import STREAM, dead_letters, events, row_counts, settled
-from tests.test_schema import audit_row, insert_audit_row
+from app.streams.operations import DeadLetterEntry, replay_fields
+from tests.helpers import STREAM, audit_row, dead_letters, events, insert_audit_row, row_counts, settled, wait_for
 
 DATASTORAGE = str(Path(sys.executable).parent / "datastorage")
 
@@ -30,13 +25,6 @@ def datastorage(database_url: str, redis_url: str, *args: str, check: bool = Tru
     if check:
         assert result.returncode == 0, result.stderr
     return result
-
-
-@pytest.fixture
-async def client(redis_url):
-    client = aioredis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 async def test_stream_status_shows_length_lag_pending_and_consumers(database_url, redis_url, client):
@@ -114,7 +102,7 @@ def test_a_replayed_entry_keeps_the_identity_of_the_original():
 async def test_partitions_drop_keeps_the_retention_and_never_the_current_month(database_url, redis_url, db):
     old_months = [date(2024, 1, 1), date(2024, 2, 1)]
     await ensure_partitions(db, old_months)
-    await insert_audit_row(db, audit_row(datetime(2024, 1, 15, tzinfo=timezone.utc)))
+    await insert_audit_row(db, audit_row(datetime(2024, 1, 15, tzinfo=UTC)))
     before = {p.month for p in await list_partitions(db)}
 
     dry = datastorage(database_url, redis_url, "partitions", "drop", "--older-than", "13mo", "--dry-run").stdout
@@ -124,7 +112,7 @@ async def test_partitions_drop_keeps_the_retention_and_never_the_current_month(d
     done = datastorage(database_url, redis_url, "partitions", "drop", "--older-than", "13mo", "--yes").stdout
     assert "dropped 2 partition(s)" in done
     assert {p.month for p in await list_partitions(db)} == before - set(old_months)
-    today = datetime.now(timezone.utc).date().replace(day=1)
+    today = datetime.now(UTC).date().replace(day=1)
     assert today in {p.month for p in await list_partitions(db)}
 
     refused = datastorage(database_url, redis_url, "partitions", "drop", "--older-than", "0mo", check=False)

@@ -2,14 +2,14 @@
 
 import asyncio
 import uuid
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import asyncpg
 import pytest
 
-from app.db import connect
-from app.partitions import add_months, ensure_partitions, list_partitions, upcoming_months
-from tests.test_schema import audit_row, insert_audit_row
+from app.audit.partitions import add_months, ensure_partitions, list_partitions, upcoming_months
+from app.core.db import connect
+from tests.helpers import audit_row, insert_audit_row
 
 
 def test_months_arithmetic_crosses_years():
@@ -25,7 +25,7 @@ async def test_migrate_creates_the_current_month_and_the_next_three(db):
 
 
 async def test_a_month_without_partition_refuses_rows_until_it_is_created(db):
-    timestamp = datetime(2031, 5, 17, 12, 0, tzinfo=timezone.utc)
+    timestamp = datetime(2031, 5, 17, 12, 0, tzinfo=UTC)
     with pytest.raises(asyncpg.CheckViolationError, match="no partition"):
         await insert_audit_row(db, audit_row(timestamp))
     assert await ensure_partitions(db, [timestamp.date()]) == ["audit_events_2031_05"]
@@ -40,8 +40,8 @@ async def test_ensuring_an_existing_partition_changes_nothing(db):
 
 
 async def test_month_boundary_rows_land_in_their_own_partitions(db):
-    last_moment = datetime(2030, 1, 31, 23, 59, 59, 999000, tzinfo=timezone.utc)
-    first_moment = datetime(2030, 2, 1, 0, 0, 0, tzinfo=timezone.utc)
+    last_moment = datetime(2030, 1, 31, 23, 59, 59, 999000, tzinfo=UTC)
+    first_moment = datetime(2030, 2, 1, 0, 0, 0, tzinfo=UTC)
     await ensure_partitions(db, [last_moment.date(), first_moment.date()])
     await insert_audit_row(db, audit_row(last_moment, resource_id="last"))
     await insert_audit_row(db, audit_row(first_moment, resource_id="first"))
@@ -70,7 +70,7 @@ async def test_concurrent_creators_and_writers_of_a_new_month_all_succeed(databa
             await ensure_partitions(conn, [month])
             async with conn.transaction():
                 for i in range(20):
-                    timestamp = datetime(2032, 7, 1 + i, tzinfo=timezone.utc)
+                    timestamp = datetime(2032, 7, 1 + i, tzinfo=UTC)
                     await insert_audit_row(conn, audit_row(timestamp, resource_id=f"w{n}-{i}"))
         finally:
             await conn.close()
@@ -86,7 +86,7 @@ async def test_concurrent_creators_and_writers_of_a_new_month_all_succeed(databa
 
 
 async def test_list_partitions_counts_rows_exactly_when_asked(db):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for _ in range(3):
         await insert_audit_row(db, audit_row(now, event_id=uuid.uuid4()))
     current = {p.month: p for p in await list_partitions(db, exact_counts=True)}[now.date().replace(day=1)]

@@ -7,22 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from app.catalog_import import import_catalog, read_catalog
-from app.embedding import DIMENSIONS, playbook_text, shared_loader
-from app.embedding_worker import keep_embeddings_fresh
-from app.playbooks import (
-    CatalogError,
-    PlaybookEntry,
-    count_stale,
-    latest_active,
-    rank,
-    search,
-    upsert_entries,
-    version_key,
-    versions,
-)
-from tests.conftest import CATALOG
-from tests.consumers import wait_for
+from app.catalog.embedding import DIMENSIONS, playbook_text
+from app.catalog.freshness import count_stale, keep_embeddings_fresh
+from app.catalog.importer import import_catalog, read_catalog
+from app.catalog.playbook import CatalogError, PlaybookEntry, version_key
+from app.catalog.search import rank, search
+from app.catalog.store import latest_active, upsert_entries, versions
+from tests.helpers import CATALOG, wait_for
 
 ACTIVE_LATEST = {"oom-recovery", "disk-pressure", "cert-expiry", "crashloop-config", "unicode-runbook"}
 
@@ -51,9 +42,9 @@ async def test_import_marks_the_highest_version_latest(catalog, pool):
         assert await count_stale(conn) == 0
 
 
-async def test_importing_the_same_catalog_again_changes_nothing(catalog, database_url):
+async def test_importing_the_same_catalog_again_changes_nothing(catalog, database_url, embedder):
     assert catalog.embedded == 9
-    again = await import_catalog(database_url, CATALOG)
+    again = await import_catalog(database_url, CATALOG, embedder=lambda: embedder)
     assert (again.changed, again.embedded) == (0, 0)
 
 
@@ -145,9 +136,10 @@ async def test_a_row_inserted_with_sql_is_found_by_the_next_search(catalog, pool
     assert hits[0].playbook_id == "etcd-defrag"
 
 
-async def test_the_worker_embeds_inserted_and_edited_rows_within_seconds(catalog, database_url, pool, embedder):
+async def test_the_worker_embeds_inserted_and_edited_rows_within_seconds(catalog, database_url, pool,
+                                                                          embedder_loader):
     stop = asyncio.Event()
-    worker = asyncio.create_task(keep_embeddings_fresh(database_url, pool, shared_loader(), stop,
+    worker = asyncio.create_task(keep_embeddings_fresh(database_url, pool, embedder_loader, stop,
                                                        sweep_interval_s=60))
     try:
         await asyncio.sleep(0.5)  # listening

@@ -1,58 +1,16 @@
 """`datastorage run` as a user starts it: a real process tree, stopped with Ctrl-C (SIGINT)."""
 
-import json
 import os
-import select
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import asyncpg
 import pytest
 import redis
 
-from app.db import connect
-
-DATASTORAGE = str(Path(sys.executable).parent / "datastorage")
-
-
-def start_run(env_overrides: dict) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DATASTORAGE_")}
-    env.update({"DATASTORAGE_LOG_FORMAT": "json", **env_overrides})
-    return subprocess.Popen(
-        [DATASTORAGE, "run"], env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-
-
-def wait_for_event(process: subprocess.Popen, event: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    seen = []
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([process.stderr], [], [], 0.5)
-        if not ready:
-            continue
-        line = process.stderr.readline()
-        if not line:
-            break
-        seen.append(line)
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if record.get("event") == event:
-            return record
-    process.kill()
-    pytest.fail(f"no {event!r} from datastorage run; it said:\n{''.join(seen)}")
-
-
-def stop_with_ctrl_c(process: subprocess.Popen) -> int:
-    process.send_signal(signal.SIGINT)
-    try:
-        return process.wait(timeout=30)
-    finally:
-        process.stderr.close()
+from app.core.db import connect
+from tests.helpers import DATASTORAGE, start_run, stop_with_ctrl_c, wait_for_event
 
 
 async def test_run_starts_embedded_servers_migrates_and_stops_them_on_ctrl_c(tmp_path):

@@ -2,12 +2,12 @@
 
 import hashlib
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 
-from app.db import connect
+from app.core.db import connect
 
 AUDIT_COLUMNS = {
     "event_id", "event_type", "event_category", "event_outcome", "event_timestamp", "event_date",
@@ -58,7 +58,7 @@ def audit_row(timestamp: datetime, **overrides) -> dict:
         "event_category": "notification",
         "event_outcome": "success",
         "event_timestamp": timestamp,
-        "event_date": timestamp.astimezone(timezone.utc).date(),
+        "event_date": timestamp.astimezone(UTC).date(),
         "service_name": "gateway",
         "actor_type": "service",
         "resource_type": "notification",
@@ -123,7 +123,7 @@ async def test_audit_indexes_of_the_plan_exist(db):
 
 
 async def test_audit_checks_reject_unknown_outcome_and_actor_type(db):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with pytest.raises(asyncpg.CheckViolationError, match="event_outcome"):
         await insert_audit_row(db, audit_row(now, event_outcome="maybe"))
     with pytest.raises(asyncpg.CheckViolationError, match="actor_type"):
@@ -141,11 +141,11 @@ async def test_event_date_must_be_the_utc_date_of_the_timestamp(db):
 
 async def test_event_data_must_be_a_json_object(db):
     with pytest.raises(asyncpg.CheckViolationError, match="event_data"):
-        await insert_audit_row(db, audit_row(datetime.now(timezone.utc), event_data="[1, 2]"))
+        await insert_audit_row(db, audit_row(datetime.now(UTC), event_data="[1, 2]"))
 
 
 async def test_audit_rows_cannot_be_updated_deleted_or_truncated(db):
-    await insert_audit_row(db, audit_row(datetime.now(timezone.utc)))
+    await insert_audit_row(db, audit_row(datetime.now(UTC)))
     for statement in (
         "UPDATE audit_events SET event_outcome = 'failure'",
         "DELETE FROM audit_events",
@@ -158,7 +158,7 @@ async def test_audit_rows_cannot_be_updated_deleted_or_truncated(db):
 
 async def test_playbook_catalog_has_every_dd_storage_008_column(db):
     found = await columns(db, "playbook_catalog")
-    assert PLAYBOOK_COLUMNS <= set(found)
+    assert set(found) >= PLAYBOOK_COLUMNS
     assert found["embedding"] == "USER-DEFINED"
     assert found["labels"] == "jsonb"
     assert await primary_key(db, "playbook_catalog") == ["playbook_id", "version"]

@@ -4,7 +4,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from app.db import connect
+from app.core.db import connect
 
 
 async def test_postgres_can_be_stopped_and_started_again(postgres_server, database_url):

@@ -1,12 +1,12 @@
 """The stream wire format: what a producer XADDs, what the consumer makes of it."""
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
+from app.audit.wire import InvalidEntry, decode_entry, derived_event_id, encode_event
 from app.producer import ai_analysis_audit_event, notification_audit_event, workflow_audit_event
-from app.wire import InvalidEntry, decode_entry, derived_event_id, encode_event
 
 MINIMAL = {
     b"event_type": b"notification.sent",
@@ -22,7 +22,7 @@ MINIMAL = {
 def test_a_missing_event_id_and_timestamp_come_from_the_entry_id():
     event = decode_entry("audit_events", "1764091800123-7", MINIMAL)
     assert event.event_id == derived_event_id("audit_events", "1764091800123-7")
-    assert event.event_timestamp == datetime(2025, 11, 25, 17, 30, 0, 123000, tzinfo=timezone.utc)
+    assert event.event_timestamp == datetime(2025, 11, 25, 17, 30, 0, 123000, tzinfo=UTC)
     # The same entry read again maps to the same row.
     assert decode_entry("audit_events", "1764091800123-7", MINIMAL).event_id == event.event_id
     assert decode_entry("audit_events", "1764091800123-8", MINIMAL).event_id != event.event_id

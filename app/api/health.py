@@ -1,13 +1,22 @@
-"""`/healthz` (the process answers) and `/readyz` (its dependencies answer)."""
+"""`/healthz` (the process answers) and `/readyz` (its dependencies answer).
+
+The checks are given by the app (`app/api/app.py`): a name and a coroutine function of the
+API's resources returning None when all is well, or a short text saying what is not.
+"""
 
 import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Literal
 
-from sqlalchemy import text
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app.migrations import pending_migrations
+from app.api.openapi import Operation, Reply
+from app.api.resources import Resources, resources
+
+Check = Callable[[Resources], Awaitable[str | None]]
 
 CHECK_TIMEOUT_S = 2.0
 
@@ -16,39 +25,52 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-async def _check_postgres(request: Request) -> str | None:
-    async with request.app.state.engine.connect() as conn:
-        raw = await conn.get_raw_connection()
-        pending = await pending_migrations(raw.driver_connection, request.app.state.settings.schema_dir)
-        await conn.execute(text("SELECT 1"))
-    return f"schema not migrated: {len(pending)} migration(s) pending" if pending else None
+def health_routes(checks: Mapping[str, Check]) -> list[Route]:
+    async def readyz(request: Request) -> Response:
+        """200 when every dependency answers in time; 503 naming the ones that do not."""
+        results = {}
+        found = resources(request)
+        for name, check in checks.items():
+            try:
+                problem = await asyncio.wait_for(check(found), CHECK_TIMEOUT_S)
+            except Exception as error:  # noqa: BLE001 - any failure means not ready
+                problem = f"unreachable ({type(error).__name__})"
+            results[name] = problem or "ok"
+        failing = [name for name, result in results.items() if result != "ok"]
+        if failing:
+            return JSONResponse(
+                {
+                    "type": "https://datastorage.dev/problems/not-ready",
+                    "title": "Service Unavailable",
+                    "status": 503,
+                    "detail": f"not ready: {', '.join(failing)}",
+                    "instance": "/readyz",
+                    "checks": results,
+                },
+                status_code=503,
+                media_type="application/problem+json",
+            )
+        return JSONResponse({"status": "ready", "checks": results})
+
+    return [Route("/healthz", healthz), Route("/readyz", readyz)]
 
 
-async def _check_redis(request: Request) -> str | None:
-    await request.app.state.redis.ping()
-    return None
+class Health(BaseModel):
+    status: Literal["ok"]
 
 
-async def readyz(request: Request) -> Response:
-    """200 when every dependency answers in time; 503 naming the ones that do not."""
-    checks = {"postgres": _check_postgres, "redis": _check_redis}
-    checks.update(getattr(request.app.state, "extra_readiness_checks", {}))
-    results = {}
-    for name, check in checks.items():
-        try:
-            problem = await asyncio.wait_for(check(request), CHECK_TIMEOUT_S)
-        except Exception as error:  # noqa: BLE001 - any failure means not ready
-            problem = f"unreachable ({type(error).__name__})"
-        results[name] = problem or "ok"
-    failing = [name for name, result in results.items() if result != "ok"]
-    if failing:
-        return JSONResponse(
-            {"type": "https://datastorage.dev/problems/not-ready", "title": "Service Unavailable",
-             "status": 503, "detail": f"not ready: {', '.join(failing)}", "instance": "/readyz",
-             "checks": results},
-            status_code=503, media_type="application/problem+json",
-        )
-    return JSONResponse({"status": "ready", "checks": results})
+class Readiness(BaseModel):
+    status: Literal["ready"]
+    checks: dict[str, str]
 
 
-routes = [Route("/healthz", healthz), Route("/readyz", readyz)]
+operations = [
+    Operation("GET /healthz", "healthz", "The process is alive", {200: Reply("alive", Health)}, public=True),
+    Operation(
+        "GET /readyz",
+        "readyz",
+        "Postgres and Redis answer, the schema is migrated, the model is loaded",
+        {200: Reply("ready", Readiness), 503: Reply("a dependency is not ready (named in detail and checks)")},
+        public=True,
+    ),
+]

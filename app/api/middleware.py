@@ -6,8 +6,8 @@ import time
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import metrics
 from app.api.problems import Problem, problem_response
+from app.core import metrics
 
 
 class RequestMetrics:
@@ -55,8 +55,11 @@ class BearerAuth:
         if scheme.lower() == "bearer" and self._known(presented.strip().encode()):
             await self.app(scope, receive, send)
             return
-        problem = Problem(401, "a valid bearer token is required (Authorization: Bearer <token>)",
-                          headers={"WWW-Authenticate": 'Bearer realm="datastorage"'})
+        problem = Problem(
+            401,
+            "a valid bearer token is required (Authorization: Bearer <token>)",
+            headers={"WWW-Authenticate": 'Bearer realm="datastorage"'},
+        )
         await problem_response(request, problem)(scope, receive, send)
 
     def _known(self, presented: bytes) -> bool:

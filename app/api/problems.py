@@ -1,6 +1,7 @@
 """Errors as RFC 7807 problem documents (`application/problem+json`), never a stack trace or SQL."""
 
 import structlog
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -9,15 +10,33 @@ log = structlog.get_logger(__name__)
 
 PROBLEM_TYPE_BASE = "https://datastorage.dev/problems/"
 TITLES = {
-    400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
-    413: "Content Too Large", 415: "Unsupported Media Type", 500: "Internal Server Error",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    500: "Internal Server Error",
     503: "Service Unavailable",
 }
 
 
+class ProblemDocument(BaseModel):
+    """An RFC 7807 problem document; `parameter`, `index`, `field` and others name what is wrong."""
+
+    model_config = ConfigDict(extra="allow", title="Problem")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+
+
 class Problem(Exception):
-    def __init__(self, status: int, detail: str, *, kind: str | None = None,
-                 headers: dict[str, str] | None = None, **extensions):
+    def __init__(
+        self, status: int, detail: str, *, kind: str | None = None, headers: dict[str, str] | None = None, **extensions
+    ):
         self.status = status
         self.detail = detail
         self.kind = kind or TITLES.get(status, "error").lower().replace(" ", "-")
@@ -46,8 +65,10 @@ async def handle_problem(request: Request, problem: Problem) -> ProblemResponse:
 
 
 async def handle_http_exception(request: Request, error: HTTPException) -> ProblemResponse:
-    detail = {404: f"no resource at {request.url.path}",
-              405: f"{request.method} is not allowed on {request.url.path}"}.get(error.status_code, error.detail)
+    detail = {
+        404: f"no resource at {request.url.path}",
+        405: f"{request.method} is not allowed on {request.url.path}",
+    }.get(error.status_code, error.detail)
     return problem_response(request, Problem(error.status_code, detail, headers=dict(error.headers or {})))
 
 
@@ -56,8 +77,4 @@ async def handle_unexpected(request: Request, error: Exception) -> ProblemRespon
     return problem_response(request, Problem(500, "the service failed to answer this request; it is logged"))
 
 
-EXCEPTION_HANDLERS = {
-    Problem: handle_problem,
-    HTTPException: handle_http_exception,
-    Exception: handle_unexpected,
-}
+EXCEPTION_HANDLERS = {Problem: handle_problem, HTTPException: handle_http_exception, Exception: handle_unexpected}

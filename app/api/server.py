@@ -5,13 +5,19 @@ import contextlib
 import uvicorn
 
 from app.api.app import create_app
-from app.settings import Settings
+from app.core.settings import Settings
 
 
 def uvicorn_config(settings: Settings) -> uvicorn.Config:
     # log_config=None: uvicorn logs through the root logger, in the service's format.
-    return uvicorn.Config(create_app(settings), host=settings.http_host, port=settings.http_port,
-                          log_config=None, access_log=False, lifespan="on")
+    return uvicorn.Config(
+        create_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
 
 
 class InProcessServer(uvicorn.Server):

@@ -14,15 +14,15 @@ import random
 import tempfile
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from rich.progress import Progress
 
-from app.db import connect, create_database
-from app.embedded import EmbeddedPostgres
-from app.migrations import migrate_database
-from app.settings import PROJECT_ROOT
+from app.core.db import connect, create_database
+from app.core.migrations import migrate_database
+from app.core.settings import PROJECT_ROOT
+from app.local.embedded import EmbeddedPostgres
 
 VARIANTS = {
     "no_gin": "DROP INDEX idx_audit_events_event_data",
@@ -41,7 +41,7 @@ COLUMNS = [
 def sample_rows(count: int) -> list[tuple]:
     """Rows shaped like the platform's events: a few string and number fields in event_data."""
     rng = random.Random(42)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     rows = []
     for n in range(count):
         timestamp = now - timedelta(seconds=rng.randint(0, 3600))

@@ -19,22 +19,22 @@ import json
 import subprocess
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from rich.console import Console
 from rich.progress import Progress
-
-from app.audit_store import COLUMNS, row_values
-from app.db import connect, create_database
-from app.embedded import EmbeddedPostgres, LocalRedis
-from app.migrations import migrate_database
-from app.producer import new_audit_event
-from app.settings import PROJECT_ROOT
-from app.wire import encode_event
 from service import DATASTORAGE, service_env
+
+from app.audit.record import COLUMNS, row_values
+from app.audit.wire import encode_event
+from app.core.db import connect, create_database
+from app.core.migrations import migrate_database
+from app.core.settings import PROJECT_ROOT
+from app.local.embedded import EmbeddedPostgres, LocalRedis
+from app.producer import new_audit_event
 
 console = Console(stderr=True)
 
@@ -58,7 +58,7 @@ async def copy_baseline(url: str, events: list) -> float:
     try:
         started = time.perf_counter()
         await conn.copy_records_to_table(
-            "audit_events", records=records, columns=[name for name, _ in COLUMNS]
+            "audit_events", records=records, columns=COLUMNS
         )
         return len(records) / (time.perf_counter() - started)
     finally:
@@ -132,9 +132,9 @@ async def pipeline_run(url: str, redis_url: str, events: list, consumers: int, l
         await asyncio.sleep(3)  # consumers up and reading
         produce = progress.add_task("(b) XADD", total=len(commands))
         store = progress.add_task("(b) stored", total=len(commands))
-        first_xadd = datetime.now(timezone.utc)
+        first_xadd = datetime.now(UTC)
         await produce_pipelined(redis_url, commands, progress, produce)
-        xadd_seconds = (datetime.now(timezone.utc) - first_xadd).total_seconds()
+        xadd_seconds = (datetime.now(UTC) - first_xadd).total_seconds()
         await wait_for_rows(url, len(commands), progress, store, timeout=600)
     finally:
         stop_consumers(processes)
@@ -169,7 +169,7 @@ async def latency_run(url: str, redis_url: str, rate: int, seconds: float, consu
         sent = 0
         while sent < total:
             batch = template[sent:sent + per_tick]
-            now = datetime.now(timezone.utc)
+            now = datetime.now(UTC)
             async with client.pipeline(transaction=False) as pipe:
                 for event in batch:
                     pipe.xadd("audit_events", encode_event(event.model_copy(update={"event_timestamp": now})))

@@ -16,14 +16,18 @@ from pathlib import Path
 
 import httpx
 import redis.asyncio as aioredis
+from service import (
+    DATASTORAGE,
+    fresh_database,
+    import_catalog_file,
+    private_servers,
+    service_env,
+    start_api,
+    stop_all,
+)
 
-from app.catalog_import import import_catalog
+from app.audit.wire import encode_event
 from app.producer import new_audit_event
-from app.settings import PROJECT_ROOT
-from app.wire import encode_event
-from service import DATASTORAGE, fresh_database, private_servers, service_env, start_api, stop_all
-
-CATALOG = PROJECT_ROOT / "tests" / "data" / "catalog.yaml"
 
 
 def rss_mib(pid: int) -> float:
@@ -52,7 +56,7 @@ async def main(args) -> dict:
         processes: dict[str, subprocess.Popen] = {}
         try:
             url = await fresh_database(postgres, "bench_memory")
-            await import_catalog(url, CATALOG)
+            await import_catalog_file(url)
             processes["api"], base_url = start_api(url, redis_server.url, tmp / "api.log")
             processes["consumer"] = subprocess.Popen(
                 [DATASTORAGE, "consume"], env=service_env(url, redis_server.url),

@@ -26,12 +26,13 @@ import httpx
 import numpy as np
 from rich.console import Console
 from rich.progress import Progress
+from service import fresh_database, import_catalog_file, load_embedder, private_servers, start_api, stop_all
 
-from app.catalog_import import import_catalog, read_catalog
-from app.embedding import Embedder, playbook_text
-from app.playbooks import create_pool, rank, search
-from app.settings import PROJECT_ROOT
-from service import fresh_database, private_servers, start_api, stop_all
+from app.catalog.embedding import Embedder, playbook_text
+from app.catalog.importer import read_catalog
+from app.catalog.search import rank, search
+from app.catalog.store import create_pool
+from app.core.settings import PROJECT_ROOT
 
 DEFAULT_CATALOG = PROJECT_ROOT.parent / "shared" / "data" / "playbooks" / "catalog.yaml"
 
@@ -108,7 +109,7 @@ async def quality(pool, embedder: Embedder, catalog_path: Path) -> dict:
                      for q in UNRELATED]
     entries = read_catalog(catalog_path)
     texts = [playbook_text(e.name, e.description, e.labels, e.content) for e in entries]
-    torch_vectors = Embedder("torch").encode_sync(texts)
+    torch_vectors = load_embedder("torch").encode_sync(texts)
     cosines = (torch_vectors * embedder.encode_sync(texts)).sum(axis=1)
     return {
         "queries": len(QUERIES),
@@ -148,7 +149,7 @@ async def grow(pool, rows: int) -> None:
 async def latency(base_url: str, pool, embedder: Embedder, requests: int, concurrency: int,
                   seconds: float, progress: Progress) -> dict:
     queries = [q for q, _ in QUERIES]
-    torch_model = Embedder("torch")
+    torch_model = load_embedder("torch")
     task = progress.add_task("latency", total=requests * 3)
     http_ms, torch_ms, sql_ms = [], [], []
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
@@ -203,9 +204,9 @@ async def main(args) -> dict:
         api = None
         try:
             url = await fresh_database(postgres, "bench_search", months_ahead=0)
-            await import_catalog(url, args.catalog)
+            await import_catalog_file(url, args.catalog)
             pool = await create_pool(url, min_size=1, max_size=2)
-            embedder = Embedder("onnx")
+            embedder = load_embedder("onnx")
             with Progress(console=console) as progress:
                 found = await quality(pool, embedder, args.catalog)
                 grow_task = progress.add_task(f"grow to {args.rows}", total=1)

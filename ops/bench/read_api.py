@@ -17,18 +17,18 @@ import random
 import statistics
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 from rich.console import Console
 from rich.progress import Progress
+from service import fresh_database, private_servers, start_api, stop_all
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 
-from app.audit_query import AuditQuery, build_select
-from app.audit_store import COLUMN_NAMES
-from app.db import connect
-from app.partitions import ensure_partitions
-from service import fresh_database, private_servers, start_api, stop_all
+from app.audit.partitions import ensure_partitions
+from app.audit.query import AuditQuery, build_select
+from app.audit.record import COLUMNS
+from app.core.db import connect
 
 EVENT_TYPES = [f"{area}.{verb}" for area in ("notification", "workflow", "ai.analysis", "gateway")
                for verb in ("started", "completed", "failed", "retried", "skipped")]
@@ -62,7 +62,7 @@ async def load(url: str, count: int, now: datetime, progress: Progress) -> None:
         chunk, generator = 100_000, rows(count, now)
         for _ in range(0, count, chunk):
             records = [row for _, row in zip(range(chunk), generator)]
-            await conn.copy_records_to_table("audit_events", records=records, columns=COLUMN_NAMES)
+            await conn.copy_records_to_table("audit_events", records=records, columns=COLUMNS)
             progress.advance(task, len(records))
         await conn.execute("ANALYZE audit_events")
     finally:
@@ -114,7 +114,7 @@ async def measure(base_url: str, url: str, cases: list[tuple[dict, AuditQuery]],
 
 async def main(args) -> dict:
     console = Console(stderr=True)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     rng = random.Random(11)
     with private_servers("read-bench-") as (tmp, postgres, redis_server):
         api = None
@@ -134,7 +134,7 @@ async def main(args) -> dict:
                 types = [rng.choice(EVENT_TYPES) for _ in range(args.samples)]
                 recent = await measure(base_url, url, [
                     ({"since": "24h", "event_type": t},
-                     AuditQuery({"event_type": t}, since=datetime.now(timezone.utc) - timedelta(hours=24),
+                     AuditQuery({"event_type": t}, since=datetime.now(UTC) - timedelta(hours=24),
                                 latest_event_date=latest))
                     for t in types], "since=24h&event_type=…", progress)
         finally:

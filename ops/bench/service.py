@@ -10,10 +10,12 @@ from pathlib import Path
 
 import httpx
 
-from app.db import create_database
-from app.embedded import EmbeddedPostgres, LocalRedis, free_port
-from app.migrations import migrate_database
-from app.settings import PROJECT_ROOT
+from app.catalog.embedding import Embedder
+from app.catalog.importer import ImportSummary, import_catalog
+from app.core.db import create_database
+from app.core.migrations import migrate_database
+from app.core.settings import PROJECT_ROOT, Settings
+from app.local.embedded import EmbeddedPostgres, LocalRedis, free_port
 
 DATASTORAGE = str(Path(sys.executable).parent / "datastorage")
 
@@ -73,3 +75,16 @@ def stop_all(processes) -> None:
         process.terminate()
     for process in processes:
         process.wait(timeout=60)
+
+
+def load_embedder(backend: str = "onnx") -> Embedder:
+    """The service's model as a benchmark loads it (the default cache folder)."""
+    return Embedder(backend, Settings().model_cache_dir)
+
+
+# The project's own small catalog, for benchmarks that need some playbooks to search.
+TEST_CATALOG = PROJECT_ROOT / "tests" / "data" / "catalog.yaml"
+
+
+async def import_catalog_file(database_url: str, path: Path = TEST_CATALOG) -> ImportSummary:
+    return await import_catalog(database_url, path, embedder=load_embedder)

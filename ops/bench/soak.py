@@ -1,4 +1,4 @@
-"""Load and soak: the whole service for minutes under the plan's mixed workload.
+"""Load and soak: the whole service for minutes under the plan's mixed workload (docs/PLAN.md).
 
     .venv/bin/python ops/bench/soak.py [--seconds 600] [--rate 2000] [--batch 100] [--search-share 0.2]
 
@@ -18,16 +18,21 @@ import subprocess
 import time
 
 import httpx
+from memory import rss_mib
 from rich.console import Console
 from rich.progress import Progress
+from service import (
+    DATASTORAGE,
+    fresh_database,
+    import_catalog_file,
+    private_servers,
+    service_env,
+    start_api,
+    stop_all,
+)
 
-from app.catalog_import import import_catalog
-from app.db import connect
-from app.settings import PROJECT_ROOT
-from memory import rss_mib
-from service import DATASTORAGE, fresh_database, private_servers, service_env, start_api, stop_all
+from app.core.db import connect
 
-CATALOG = PROJECT_ROOT / "tests" / "data" / "catalog.yaml"
 QUERIES = ["pod keeps getting OOMKilled", "node disk almost full", "certificate expired on ingress",
            "crashloop after config change", "queue backlog growing"]
 
@@ -121,7 +126,7 @@ async def main(args) -> dict:
         samples: dict[str, list[float]] = {}
         try:
             url = await fresh_database(postgres, "soak")
-            await import_catalog(url, CATALOG)
+            await import_catalog_file(url)
             processes["api"], base_url = start_api(url, redis_server.url, tmp / "api.log")
             for n in range(2):
                 processes[f"consumer{n}"] = subprocess.Popen(

@@ -4,10 +4,12 @@ Retry-After; every event the API acknowledged (202 or 201) is stored exactly onc
 import asyncio
 import time
 
-from app.db import connect
-from tests.conftest import client_for
-from tests.faults.load import SCALE, report, settle
-from tests.test_api_audit import body_of, event
+import pytest
+
+from app.core.db import connect
+from tests.helpers import SCALE, body_of, client_for, event, report, settle
+
+pytestmark = pytest.mark.faults
 
 
 async def test_nothing_the_api_acknowledged_is_lost_when_redis_and_postgres_fail(

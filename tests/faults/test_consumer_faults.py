@@ -4,10 +4,13 @@ acknowledged ends up exactly once in Postgres, nothing stays pending, nothing is
 import asyncio
 import random
 
+import pytest
 import redis.asyncio as aioredis
 
-from app.db import connect
-from tests.faults.load import SCALE, SteadyProducer, report, settle
+from app.core.db import connect
+from tests.helpers import SCALE, SteadyProducer, report, settle
+
+pytestmark = pytest.mark.faults
 
 
 async def test_20_consumer_kills_while_20000_events_flow(database_url, db, redis_url, consumers, capsys):
@@ -90,7 +93,7 @@ async def test_redis_restarted_while_producers_and_consumers_run(db, redis_url, 
             redis_server.start()
         await flowing
         # The API's connection pool reconnects by itself.
-        from tests.test_api_audit import body_of, event
+        from tests.helpers import body_of, event
         response = await api.post("/api/v1/audit-events", json=body_of(event(1)))
         assert response.status_code == 202, response.text
     figures = await settle(db, redis_url, producer.acknowledged)

@@ -5,14 +5,16 @@ next valid entry."""
 import json
 
 import asyncpg
+import pytest
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.audit_store import AuditStore
-from app.wire import EVENT_FIELDS, InvalidEntry, decode_entry
-from tests.consumers import wait_for
-from tests.faults.load import SCALE
+from app.audit.store import AuditStore
+from app.audit.wire import EVENT_FIELDS, InvalidEntry, decode_entry
+from tests.helpers import SCALE, wait_for
+
+pytestmark = pytest.mark.faults
 
 VALID = {
     b"event_type": b"workflow.started", b"event_category": b"workflow", b"event_outcome": b"success",

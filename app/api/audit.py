@@ -1,0 +1,202 @@
+"""`/api/v1/audit-events`: query the trail, read one event, write events (through the stream)."""
+
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, Field, RootModel, ValidationError, WithJsonSchema
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from app.api.inputs import QueryInt, parse_query, query_values, read_json_body
+from app.api.openapi import Operation, Reply
+from app.api.problems import Problem
+from app.api.resources import resources
+from app.audit.event import AuditEvent, ValidationLimits, describe_validation_error
+from app.audit.query import (
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    TIME_BOUND_PATTERN,
+    AuditFilters,
+    AuditQuery,
+    Cursor,
+    Order,
+    find_events,
+    get_event,
+    parse_time_bound,
+)
+from app.audit.record import record_json
+from app.audit.writer import StoresUnavailable
+
+MAX_EVENTS_PER_REQUEST = 1000
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
+RECORD_REF = {"$ref": "#/components/schemas/AuditEventRecord"}
+
+TimeBound = Annotated[
+    datetime, BeforeValidator(parse_time_bound), WithJsonSchema({"type": "string", "pattern": TIME_BOUND_PATTERN})
+]
+CursorText = Annotated[Cursor, BeforeValidator(Cursor.decode), WithJsonSchema({"type": "string", "minLength": 1})]
+
+
+class AuditEventListQuery(AuditFilters):
+    """The query parameters of `GET /api/v1/audit-events`."""
+
+    since: TimeBound | None = Field(None, description="inclusive: RFC 3339, or back from now (15m, 24h, 7d)")
+    until: TimeBound | None = Field(None, description="exclusive, same forms as since")
+    order: Order = Field("desc", description="newest first, or oldest first (a correlation's timeline)")
+    limit: QueryInt = Field(DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
+    cursor: CursorText | None = Field(None, description="next_cursor of the previous page")
+
+
+class Pagination(BaseModel):
+    limit: int
+    next_cursor: str | None
+    has_more: bool
+
+
+class AuditEventPage(BaseModel):
+    data: Annotated[list[dict[str, Any]], WithJsonSchema({"type": "array", "items": RECORD_REF})]
+    pagination: Pagination
+
+
+class WriteResult(BaseModel):
+    event_id: uuid.UUID | None = None
+    event_ids: list[uuid.UUID] | None = None
+    status: Literal["accepted", "stored"]
+
+
+class AuditEventsBody(
+    RootModel[AuditEvent | Annotated[list[AuditEvent], Field(min_length=1, max_length=MAX_EVENTS_PER_REQUEST)]]
+):
+    """One event, or an array of them (documentation: the handler validates item by item)."""
+
+
+def list_query(request: Request, max_future_skew: timedelta) -> AuditQuery:
+    params = parse_query(AuditEventListQuery, query_values(request))
+    if params.since and params.until and params.since >= params.until:
+        raise Problem(400, "since: must be earlier than until", parameter="since")
+    latest = (datetime.now(UTC) + max_future_skew).date()
+    filters = params.model_dump(include=set(AuditFilters.model_fields), exclude_none=True)
+    return AuditQuery(
+        filters, params.since, params.until, params.order, params.limit, params.cursor, latest_event_date=latest
+    )
+
+
+async def list_audit_events(request: Request) -> Response:
+    found = resources(request)
+    query = list_query(request, found.settings.validation_limits.max_future_skew)
+    async with found.engine.connect() as conn:
+        rows, next_cursor = await find_events(conn, query)
+    return JSONResponse(
+        {
+            "data": [record_json(row) for row in rows],
+            "pagination": {
+                "limit": query.limit,
+                "next_cursor": next_cursor.encode() if next_cursor else None,
+                "has_more": next_cursor is not None,
+            },
+        }
+    )
+
+
+async def get_audit_event(request: Request) -> Response:
+    try:
+        event_id = uuid.UUID(request.path_params["event_id"])
+    except ValueError:
+        raise Problem(400, "event_id: must be a UUID", parameter="event_id") from None
+    async with resources(request).engine.connect() as conn:
+        row = await get_event(conn, event_id)
+    if row is None:
+        raise Problem(404, f"no audit event {event_id}")
+    return JSONResponse(record_json(row))
+
+
+def trace_context(request: Request) -> dict[str, str]:
+    """trace_id and span_id from a W3C `traceparent` header, if it is well formed."""
+    match = _TRACEPARENT.match(request.headers.get("traceparent", "").strip().lower())
+    if not match or set(match[1]) == {"0"} or set(match[2]) == {"0"}:
+        return {}
+    return {"trace_id": match[1], "span_id": match[2]}
+
+
+def validate_events(items: list, limits: ValidationLimits, trace: dict[str, str]) -> list[AuditEvent]:
+    events = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise Problem(400, f"item {index}: must be a JSON object", index=index)
+        if trace and "trace_id" not in item:
+            item = {**trace, **item}
+        try:
+            events.append(AuditEvent.model_validate(item, context=limits))
+        except ValidationError as error:
+            first = error.errors(include_url=False)[0]
+            field = ".".join(str(part) for part in first["loc"]) or None
+            raise Problem(400, f"item {index}: {describe_validation_error(error)}", index=index, field=field) from None
+    return events
+
+
+async def create_audit_events(request: Request) -> Response:
+    found = resources(request)
+    body = await read_json_body(request, found.settings.max_body_bytes)
+    single = isinstance(body, dict)
+    items = [body] if single else body
+    if not isinstance(items, list):
+        raise Problem(400, "the body must be an event object or an array of them")
+    if not items:
+        raise Problem(400, "the array holds no events")
+    if len(items) > MAX_EVENTS_PER_REQUEST:
+        raise Problem(400, f"at most {MAX_EVENTS_PER_REQUEST} events per request")
+    events = validate_events(items, found.settings.validation_limits, trace_context(request))
+    ids = [str(event.event_id) for event in events]
+    try:
+        status = await found.writer.write(events)
+    except StoresUnavailable:
+        raise Problem(
+            503, "neither Redis nor Postgres can take events now; retry later", headers={"Retry-After": "5"}
+        ) from None
+    answer = {"event_id": ids[0], "status": status} if single else {"event_ids": ids, "status": status}
+    return JSONResponse(answer, status_code=202 if status == "accepted" else 201)
+
+
+async def audit_events(request: Request) -> Response:
+    # One route for both methods, so that a 405 lists both in its Allow header.
+    return await (create_audit_events if request.method == "POST" else list_audit_events)(request)
+
+
+routes = [
+    Route("/api/v1/audit-events", audit_events, methods=["GET", "POST"]),
+    Route("/api/v1/audit-events/{event_id}", get_audit_event, methods=["GET"]),
+]
+
+operations = [
+    Operation(
+        "GET /api/v1/audit-events",
+        "listAuditEvents",
+        "Query the audit trail",
+        {200: Reply("a page of events", AuditEventPage)},
+        query=AuditEventListQuery,
+    ),
+    Operation(
+        "POST /api/v1/audit-events",
+        "createAuditEvents",
+        "Write one event or up to 1000 (through the stream; straight to Postgres when Redis is down)",
+        {
+            202: Reply("accepted into the stream", WriteResult),
+            201: Reply("Redis was down: stored in Postgres", WriteResult),
+            413: Reply("the body is too large"),
+            415: Reply("the body is not JSON"),
+            503: Reply("neither Redis nor Postgres takes writes; see Retry-After"),
+        },
+        body=AuditEventsBody,
+        headers={"traceparent": "W3C trace context: fills trace_id and span_id when the body has none"},
+    ),
+    Operation(
+        "GET /api/v1/audit-events/{event_id}",
+        "getAuditEvent",
+        "One event by id",
+        {200: Reply("the event", schema=RECORD_REF), 404: Reply("no event with this id")},
+        path_formats={"event_id": "uuid"},
+    ),
+]

@@ -1,0 +1,187 @@
+"""`/api/v1/playbooks`: semantic search (GET and POST) and versions."""
+
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from app.api.inputs import QueryInt, parse_body, parse_query, query_values, read_json_body
+from app.api.openapi import Operation, Reply
+from app.api.problems import Problem
+from app.api.resources import resources
+from app.catalog.playbook import PlaybookRecord, record_json
+from app.catalog.search import (
+    DEFAULT_MAX_RESULTS,
+    DEFAULT_MIN_CONFIDENCE,
+    MAX_QUERY_LENGTH,
+    MAX_RESULTS_LIMIT,
+    SearchHit,
+    search,
+)
+from app.catalog.store import latest_active, one_version, versions
+
+MAX_SEARCH_BODY_BYTES = 64 * 1024
+LABEL_PREFIX = "label."
+
+
+def _says_something(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must be a non-empty text")
+    if "\x00" in text:
+        raise ValueError("must not contain NUL characters")
+    return text
+
+
+def _label_names(labels: dict[str, str]) -> dict[str, str]:
+    if any(not name or "\x00" in name + value for name, value in labels.items()):
+        raise ValueError("must map label names to text values")
+    return labels
+
+
+QueryText = Annotated[str, Field(min_length=1, max_length=MAX_QUERY_LENGTH), AfterValidator(_says_something)]
+Labels = Annotated[dict[str, str], AfterValidator(_label_names)]
+_labels = TypeAdapter(Labels)
+
+
+class SearchFields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: QueryText = Field(description="the incident, in words")
+    min_confidence: float = Field(DEFAULT_MIN_CONFIDENCE, ge=0, le=1, description="cosine similarity threshold, 0 to 1")
+
+
+class SearchParameters(SearchFields):
+    """The query parameters of `GET /api/v1/playbooks/search`; label filters come as
+    `label.<name>=<value>`."""
+
+    max_results: QueryInt = Field(DEFAULT_MAX_RESULTS, ge=1, description=f"at most {MAX_RESULTS_LIMIT} are returned")
+
+
+class SearchRequest(SearchFields):
+    """The body of `POST /api/v1/playbooks/search`."""
+
+    labels: Labels = Field(default_factory=dict, description="exact-match label filters")
+    max_results: int = Field(DEFAULT_MAX_RESULTS, ge=1, description=f"at most {MAX_RESULTS_LIMIT} are returned")
+
+
+class SearchResult(BaseModel):
+    playbooks: list[SearchHit]
+    total_results: int = Field(ge=0)
+
+
+class PlaybookVersions(BaseModel):
+    playbook_id: str
+    versions: list[PlaybookRecord]
+
+
+async def _search_response(
+    request: Request, fields: SearchFields, labels: dict[str, str], max_results: int
+) -> Response:
+    found = resources(request)
+    embedder = await found.embedder_loader.get()
+    hits = await search(
+        found.pool,
+        embedder,
+        fields.query,
+        labels=labels,
+        min_confidence=fields.min_confidence,
+        max_results=min(max_results, MAX_RESULTS_LIMIT),
+    )
+    return JSONResponse({"playbooks": [hit.model_dump() for hit in hits], "total_results": len(hits)})
+
+
+async def search_get(request: Request) -> Response:
+    values = query_values(request)
+    labels = {
+        name.removeprefix(LABEL_PREFIX): values.pop(name) for name in list(values) if name.startswith(LABEL_PREFIX)
+    }
+    params = parse_query(SearchParameters, values)
+    try:
+        labels = _labels.validate_python(labels)
+    except ValidationError:
+        raise Problem(400, "labels: must map label names to text values", parameter="labels") from None
+    return await _search_response(request, params, labels, params.max_results)
+
+
+async def search_post(request: Request) -> Response:
+    body = parse_body(SearchRequest, await read_json_body(request, MAX_SEARCH_BODY_BYTES))
+    return await _search_response(request, body, body.labels, body.max_results)
+
+
+async def get_playbook(request: Request) -> Response:
+    playbook_id = request.path_params["playbook_id"]
+    async with resources(request).pool.acquire() as conn:
+        row = await latest_active(conn, playbook_id)
+    if row is None:
+        raise Problem(404, f"no active playbook {playbook_id!r}")
+    return JSONResponse(record_json(row))
+
+
+async def list_versions(request: Request) -> Response:
+    playbook_id = request.path_params["playbook_id"]
+    async with resources(request).pool.acquire() as conn:
+        rows = await versions(conn, playbook_id)
+    if not rows:
+        raise Problem(404, f"no playbook {playbook_id!r}")
+    return JSONResponse({"playbook_id": playbook_id, "versions": [record_json(r) for r in rows]})
+
+
+async def get_version(request: Request) -> Response:
+    playbook_id, version = request.path_params["playbook_id"], request.path_params["version"]
+    async with resources(request).pool.acquire() as conn:
+        row = await one_version(conn, playbook_id, version)
+    if row is None:
+        raise Problem(404, f"no version {version!r} of playbook {playbook_id!r}")
+    return JSONResponse(record_json(row))
+
+
+async def search_playbooks(request: Request) -> Response:
+    # One route for both methods, so that a 405 lists both in its Allow header.
+    return await (search_post if request.method == "POST" else search_get)(request)
+
+
+routes = [
+    Route("/api/v1/playbooks/search", search_playbooks, methods=["GET", "POST"]),
+    Route("/api/v1/playbooks/{playbook_id}", get_playbook, methods=["GET"]),
+    Route("/api/v1/playbooks/{playbook_id}/versions", list_versions, methods=["GET"]),
+    Route("/api/v1/playbooks/{playbook_id}/versions/{version}", get_version, methods=["GET"]),
+]
+
+RANKED = {200: Reply("ranked playbooks", SearchResult)}
+operations = [
+    Operation(
+        "GET /api/v1/playbooks/search",
+        "searchPlaybooksGet",
+        "Rank playbooks for an incident description",
+        RANKED,
+        query=SearchParameters,
+        description="Label filters: label.<name>=<value> query parameters (exact matches).",
+    ),
+    Operation(
+        "POST /api/v1/playbooks/search",
+        "searchPlaybooksPost",
+        "Rank playbooks for an incident description",
+        {**RANKED, 413: Reply("the body is too large"), 415: Reply("the body is not JSON")},
+        body=SearchRequest,
+    ),
+    Operation(
+        "GET /api/v1/playbooks/{playbook_id}",
+        "getPlaybook",
+        "The latest active version of a playbook",
+        {200: Reply("the playbook", PlaybookRecord), 404: Reply("no active version of this playbook")},
+    ),
+    Operation(
+        "GET /api/v1/playbooks/{playbook_id}/versions",
+        "listPlaybookVersions",
+        "Every version, newest semantic version first",
+        {200: Reply("the versions", PlaybookVersions), 404: Reply("no such playbook")},
+    ),
+    Operation(
+        "GET /api/v1/playbooks/{playbook_id}/versions/{version}",
+        "getPlaybookVersion",
+        "One version of a playbook",
+        {200: Reply("the version", PlaybookRecord), 404: Reply("no such playbook or version")},
+    ),
+]

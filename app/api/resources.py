@@ -1,0 +1,29 @@
+"""What the API's handlers share, created once per process by the app's lifespan."""
+
+from dataclasses import dataclass
+
+import asyncpg
+import redis.asyncio as aioredis
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.requests import Request
+
+from app.audit.writer import AuditWriter
+from app.catalog.embedding import EmbedderLoader
+from app.core.settings import Settings
+
+
+@dataclass(frozen=True)
+class Resources:
+    settings: Settings
+    # SQLAlchemy for audit queries built from filters; asyncpg (`pool`) for the catalog (vectors)
+    # and for audit writes when Redis is down.
+    engine: AsyncEngine
+    pool: asyncpg.Pool
+    redis: aioredis.Redis
+    writer: AuditWriter
+    embedder_loader: EmbedderLoader
+
+
+def resources(request: Request) -> Resources:
+    found: Resources = request.app.state.resources
+    return found

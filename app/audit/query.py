@@ -1,0 +1,146 @@
+"""Reading the audit trail: filters, time windows and keyset pages, built with SQLAlchemy Core.
+
+Values are always bound parameters. A page is ordered by (event_timestamp, event_id) and the
+cursor is the last row's pair, so pages stay stable while new events arrive. Time bounds are also
+applied to event_date, the partition key, so Postgres reads only the partitions the window needs.
+"""
+
+import base64
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Select, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.audit.event import ActorType, EventOutcome, parse_rfc3339
+from app.audit.record import audit_events
+
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
+Order = Literal["desc", "asc"]
+
+FilterText = Annotated[str, Field(max_length=255)]
+
+
+class AuditFilters(BaseModel):
+    """Exact-match filters of an audit query: a column each."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_type: FilterText | None = None
+    event_category: FilterText | None = None
+    event_outcome: EventOutcome | None = None
+    service_name: FilterText | None = None
+    correlation_id: FilterText | None = None
+    resource_type: FilterText | None = None
+    resource_id: FilterText | None = None
+    actor_type: ActorType | None = None
+    actor_id: FilterText | None = None
+    parent_event_id: uuid.UUID | None = None
+    trace_id: FilterText | None = None
+
+
+FILTERS: tuple[str, ...] = tuple(AuditFilters.model_fields)
+
+# A time bound: RFC 3339, or a duration back from now.
+RELATIVE_TIME = r"(\d{1,6})([smhdw])"
+_RELATIVE = re.compile(f"^{RELATIVE_TIME}$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+RFC3339_TIME = r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})"
+TIME_BOUND_PATTERN = f"^({RELATIVE_TIME}|{RFC3339_TIME})$"
+
+
+def parse_time_bound(text: str) -> datetime:
+    """RFC 3339, or a duration back from now: `15m`, `24h`, `7d`."""
+    if match := _RELATIVE.match(text):
+        return datetime.now(UTC) - timedelta(**{_UNITS[match[2]]: int(match[1])})
+    try:
+        return parse_rfc3339(text)
+    except ValueError:
+        raise ValueError("must be an RFC 3339 timestamp or a duration back from now such as 15m, 24h or 7d") from None
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a page ended; opaque to clients (URL-safe base64 of a small JSON array)."""
+
+    event_timestamp: datetime
+    event_id: uuid.UUID
+
+    def encode(self) -> str:
+        raw = orjson.dumps([self.event_timestamp.isoformat(), str(self.event_id)])
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> "Cursor":
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            timestamp, event_id = orjson.loads(raw)
+            cursor = cls(datetime.fromisoformat(timestamp), uuid.UUID(event_id))
+        except (ValueError, TypeError, orjson.JSONDecodeError):
+            raise ValueError("is not a cursor this service gave out") from None
+        if cursor.event_timestamp.tzinfo is None:
+            raise ValueError("is not a cursor this service gave out")
+        return cursor
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    filters: dict[str, Any] = field(default_factory=dict)
+    since: datetime | None = None  # inclusive
+    until: datetime | None = None  # exclusive
+    order: Order = "desc"
+    limit: int = DEFAULT_PAGE_SIZE
+    after: Cursor | None = None
+    # No stored event is dated later than this (timestamps are validated against the clock):
+    # bounding event_date keeps the empty future partitions out of an open-ended query.
+    latest_event_date: date | None = None
+
+
+def _utc_date(moment: datetime) -> date:
+    return moment.astimezone(UTC).date()
+
+
+def build_select(query: AuditQuery) -> Select:
+    t = audit_events
+    statement = select(t)
+    for name, value in query.filters.items():
+        statement = statement.where(t.c[name] == value)
+    if query.since is not None:
+        statement = statement.where(t.c.event_timestamp >= query.since, t.c.event_date >= _utc_date(query.since))
+    if query.until is not None:
+        statement = statement.where(t.c.event_timestamp < query.until, t.c.event_date <= _utc_date(query.until))
+    if query.latest_event_date is not None:
+        statement = statement.where(t.c.event_date <= query.latest_event_date)
+    position = tuple_(t.c.event_timestamp, t.c.event_id)
+    if query.after is not None:
+        mark = tuple_(query.after.event_timestamp, query.after.event_id)
+        after_date = _utc_date(query.after.event_timestamp)
+        if query.order == "desc":
+            statement = statement.where(position < mark, t.c.event_date <= after_date)
+        else:
+            statement = statement.where(position > mark, t.c.event_date >= after_date)
+    if query.order == "desc":
+        statement = statement.order_by(t.c.event_timestamp.desc(), t.c.event_id.desc())
+    else:
+        statement = statement.order_by(t.c.event_timestamp.asc(), t.c.event_id.asc())
+    # One row more than asked tells whether another page exists.
+    return statement.limit(query.limit + 1)
+
+
+async def find_events(conn: AsyncConnection, query: AuditQuery) -> tuple[list[dict], Cursor | None]:
+    rows = [dict(row._mapping) for row in await conn.execute(build_select(query))]
+    if len(rows) <= query.limit:
+        return rows, None
+    rows = rows[: query.limit]
+    return rows, Cursor(rows[-1]["event_timestamp"], rows[-1]["event_id"])
+
+
+async def get_event(conn: AsyncConnection, event_id: uuid.UUID) -> dict | None:
+    row = (await conn.execute(select(audit_events).where(audit_events.c.event_id == event_id))).first()
+    return None if row is None else dict(row._mapping)

@@ -1,0 +1,89 @@
+"""The stream wire format, both ways: flat string fields of an XADD <-> `AuditEvent`.
+
+Any service can produce (Go, Python, a shell with redis-cli): the fields are the event's own names,
+every value a string, `event_data`/`metadata` as JSON text. An entry without `event_id` or
+`event_timestamp` gets them derived from the stream key and entry id, so a redelivered entry maps to
+the same row (and the insert's ON CONFLICT makes it a no-op).
+"""
+
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from app.audit.event import DEFAULT_LIMITS, FIELD_TYPES, AuditEvent, ValidationLimits, describe_validation_error
+from app.streams.ids import entry_id_time
+
+# Namespace of the event ids derived from (stream, entry id); never change it.
+ENTRY_ID_NAMESPACE = uuid.UUID("6f0b9a52-8f0e-4d7c-9d55-2f4c1e0a7b31")
+
+EVENT_FIELDS = frozenset(AuditEvent.model_fields)
+# FastStream reads a field of this name as its own envelope: a producer must never send it.
+RESERVED_FIELD = "data"
+
+
+class InvalidEntry(ValueError):
+    """An entry that can never become a row; the message names the field and the problem."""
+
+
+def derived_event_id(stream: str, entry_id: str) -> uuid.UUID:
+    return uuid.uuid5(ENTRY_ID_NAMESPACE, f"{stream}/{entry_id}")
+
+
+def decode_entry(
+    stream: str, entry_id: str, fields: dict[bytes, bytes], limits: ValidationLimits = DEFAULT_LIMITS
+) -> AuditEvent:
+    """Decodes one stream entry; raises `InvalidEntry` saying why it can never be stored."""
+    values: dict[str, str] = {}
+    for raw_name, raw_value in fields.items():
+        try:
+            name = raw_name.decode()
+        except UnicodeDecodeError:
+            raise InvalidEntry(f"a field name is not valid UTF-8: {raw_name[:40]!r}") from None
+        if name == RESERVED_FIELD:
+            raise InvalidEntry(
+                "data: field name reserved (FastStream reads it as its own envelope); send the payload as event_data"
+            )
+        if name not in EVENT_FIELDS:
+            raise InvalidEntry(f"{name[:60]}: unknown field")
+        try:
+            values[name] = raw_value.decode()
+        except UnicodeDecodeError:
+            raise InvalidEntry(f"{name}: value is not valid UTF-8") from None
+    if not values.get("event_id"):
+        values["event_id"] = str(derived_event_id(stream, entry_id))
+    if not values.get("event_timestamp"):
+        values["event_timestamp"] = entry_id_time(entry_id).isoformat()
+    try:
+        return AuditEvent.model_validate(values, context=_as_text(limits))
+    except ValidationError as error:
+        raise InvalidEntry(describe_validation_error(error)) from None
+
+
+@lru_cache(maxsize=8)
+def _as_text(limits: ValidationLimits) -> ValidationLimits:
+    return replace(limits, json_as_text=True)
+
+
+_ENCODERS: dict[type, Callable[[Any], str]] = {
+    str: str,
+    uuid.UUID: str,
+    datetime: datetime.isoformat,
+    dict: lambda value: orjson.dumps(value).decode(),
+}
+_FIELD_ENCODERS = [(name, _ENCODERS[kind]) for name, kind in FIELD_TYPES.items()]
+
+
+def encode_event(event: AuditEvent) -> dict[str, str]:
+    """The flat fields to XADD for `event`; unset optional fields are left out."""
+    fields = {}
+    for name, encode in _FIELD_ENCODERS:
+        value = getattr(event, name)
+        if value is not None:
+            fields[name] = encode(value)
+    return fields

@@ -1,0 +1,46 @@
+"""The write policy of the HTTP side: Redis first, Postgres when Redis is away, else refuse.
+
+Events are XADDed to the audit stream (the consumer stores them). When Redis cannot take them they
+are written straight to Postgres, idempotently: the same event_id is one row even if some of the
+XADDs got through before Redis went away. Only when both stores fail is the write refused.
+"""
+
+from collections.abc import Sequence
+from typing import Literal
+
+import redis
+import structlog
+
+from app.audit.event import AuditEvent
+from app.audit.store import AuditStore
+from app.producer import AuditProducer
+
+log = structlog.get_logger(__name__)
+
+WriteStatus = Literal["accepted", "stored"]
+
+
+class StoresUnavailable(Exception):
+    """Neither Redis nor Postgres took the events; nothing was acknowledged."""
+
+
+class AuditWriter:
+    def __init__(self, producer: AuditProducer, store: AuditStore):
+        self.producer = producer
+        self.store = store
+
+    async def write(self, events: Sequence[AuditEvent]) -> WriteStatus:
+        """`accepted` (in the stream) or `stored` (in Postgres); raises `StoresUnavailable`."""
+        try:
+            await self.producer.publish_many(events)
+            return "accepted"
+        except (redis.ConnectionError, redis.TimeoutError) as redis_error:
+            try:
+                await self.store.insert(events)
+            except Exception as db_error:  # noqa: BLE001 - whatever failed, neither store took them
+                log.error(
+                    "write_failed_both_stores", redis_error=str(redis_error), db_error=str(db_error), events=len(events)
+                )
+                raise StoresUnavailable() from None
+            log.warning("redis_unavailable_wrote_to_postgres", events=len(events), error=str(redis_error))
+            return "stored"

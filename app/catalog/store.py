@@ -1,0 +1,121 @@
+"""The catalog's rows: the connection pool, writing versions (with the latest-version flags), and
+reading versions back."""
+
+import hashlib
+import json
+from collections.abc import Iterable
+
+import asyncpg
+from pgvector.asyncpg import register_vector
+
+from app.catalog.playbook import ENTRY_COLUMNS, SELECT_RECORD, CatalogError, PlaybookEntry, version_key
+from app.core.db import asyncpg_dsn
+
+
+async def create_pool(database_url: str, **kwargs) -> asyncpg.Pool:
+    async def setup(conn: asyncpg.Connection) -> None:
+        await register_vector(conn)
+        # Keep scanning the HNSW graph until LIMIT rows pass the filters, in exact order; a wider
+        # candidate list than the default 40 for better recall.
+        await conn.execute("SET hnsw.iterative_scan = strict_order; SET hnsw.ef_search = 100")
+
+    return await asyncpg.create_pool(asyncpg_dsn(database_url), init=setup, **kwargs)
+
+
+# Bind parameters by column name: `$n` of each column of the entry, in ENTRY_COLUMNS order.
+_PARAMETER = {column: f"${n}" for n, column in enumerate(ENTRY_COLUMNS, 1)}
+_UPDATED = ENTRY_COLUMNS[2:]  # everything but the key (playbook_id, version)
+UPSERT = (
+    f"INSERT INTO playbook_catalog ({', '.join(ENTRY_COLUMNS)}, disabled_at) "
+    f"VALUES ({', '.join(_PARAMETER.values())}, "
+    f"CASE WHEN {_PARAMETER['status']}::varchar = 'disabled' THEN now() END) "
+    f"ON CONFLICT (playbook_id, version) DO UPDATE SET "
+    f"{', '.join(f'{c} = EXCLUDED.{c}' for c in _UPDATED)}, "
+    "disabled_at = CASE WHEN EXCLUDED.status = 'disabled' "
+    "THEN coalesce(playbook_catalog.disabled_at, now()) END "
+    f"WHERE ({', '.join(f'playbook_catalog.{c}' for c in _UPDATED)}) "
+    f"IS DISTINCT FROM ({', '.join(f'EXCLUDED.{c}' for c in _UPDATED)})"
+)
+
+
+async def upsert_entries(conn: asyncpg.Connection, entries: list[PlaybookEntry], *, force: bool = False) -> int:
+    """Writes the versions (one transaction); returns how many rows changed. A version whose
+    content differs from the stored one is refused unless `force`: a published version is a
+    promise about what runs."""
+    keys = [(e.playbook_id, e.version) for e in entries]
+    if len(set(keys)) != len(keys):
+        raise CatalogError("the same playbook version appears twice")
+    stored = {
+        (r["playbook_id"], r["version"]): r["content_hash"]
+        for r in await conn.fetch(
+            "SELECT playbook_id, version, content_hash FROM playbook_catalog "
+            "WHERE (playbook_id, version) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+        )
+    }
+    for entry in entries:
+        known = stored.get((entry.playbook_id, entry.version))
+        if known and known != hashlib.sha256(entry.content.encode()).hexdigest() and not force:
+            raise CatalogError(
+                f"{entry.playbook_id} {entry.version}: the content differs from the stored "
+                "version; publish a new version, or pass --force"
+            )
+    changed = 0
+    async with conn.transaction():
+        for entry in entries:
+            values = entry.model_dump()
+            values["labels"] = json.dumps(values["labels"])
+            status = await conn.execute(UPSERT, *(values[c] for c in ENTRY_COLUMNS))
+            changed += int(status.rsplit(" ", 1)[-1])
+        await refresh_latest(conn, {e.playbook_id for e in entries})
+    return changed
+
+
+async def refresh_latest(conn: asyncpg.Connection, playbook_ids: Iterable[str]) -> None:
+    """Marks the highest semantic version of each playbook as its latest (and only that one)."""
+    for playbook_id in playbook_ids:
+        versions = [
+            r["version"]
+            for r in await conn.fetch("SELECT version FROM playbook_catalog WHERE playbook_id = $1", playbook_id)
+        ]
+        if not versions:
+            continue
+        latest = max(versions, key=version_key)
+        # Two statements: the one-latest unique index is checked row by row.
+        await conn.execute(
+            "UPDATE playbook_catalog SET is_latest_version = false "
+            "WHERE playbook_id = $1 AND is_latest_version AND version <> $2",
+            playbook_id,
+            latest,
+        )
+        await conn.execute(
+            "UPDATE playbook_catalog SET is_latest_version = true, previous_version = "
+            "coalesce(previous_version, $3) WHERE playbook_id = $1 AND version = $2 "
+            "AND NOT is_latest_version",
+            playbook_id,
+            latest,
+            _previous(versions, latest),
+        )
+
+
+def _previous(versions: list[str], version: str) -> str | None:
+    older = sorted((v for v in versions if version_key(v) < version_key(version)), key=version_key)
+    return older[-1] if older else None
+
+
+async def versions(conn: asyncpg.Connection, playbook_id: str) -> list[asyncpg.Record]:
+    """Every version of a playbook, newest semantic version first."""
+    rows = await conn.fetch(f"SELECT {SELECT_RECORD} FROM playbook_catalog WHERE playbook_id = $1", playbook_id)
+    return sorted(rows, key=lambda r: version_key(r["version"]), reverse=True)
+
+
+async def latest_active(conn: asyncpg.Connection, playbook_id: str) -> asyncpg.Record | None:
+    active = [r for r in await versions(conn, playbook_id) if r["status"] == "active"]
+    return active[0] if active else None
+
+
+async def one_version(conn: asyncpg.Connection, playbook_id: str, version: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"SELECT {SELECT_RECORD} FROM playbook_catalog WHERE playbook_id = $1 AND version = $2", playbook_id, version
+    )

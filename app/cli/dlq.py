@@ -1,0 +1,83 @@
+"""`datastorage dlq list|show|replay|purge`: the dead-letter stream."""
+
+import json
+from typing import Annotated
+
+import redis.asyncio as aioredis
+import typer
+from rich.progress import Progress
+
+from app.cli.common import load_settings, with_redis
+from app.streams.operations import dlq_list, dlq_purge, dlq_replay, dlq_show, iterate_dlq
+
+dlq_cli = typer.Typer(help="The dead-letter stream: inspect, replay, purge.", no_args_is_help=True)
+
+
+@dlq_cli.command("list")
+def list_(
+    reason: Annotated[str | None, typer.Option(help="Only this dlq_reason.")] = None,
+    limit: Annotated[int, typer.Option(min=1)] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON, for scripts.")] = False,
+) -> None:
+    """List dead letters, oldest first."""
+    settings = load_settings()
+    found = with_redis(settings, lambda client: dlq_list(client, settings.dlq_stream, reason=reason, limit=limit))
+    if as_json:
+        typer.echo(json.dumps([{"id": e.id, **e.as_text()} for e in found]))
+        return
+    for entry in found:
+        fields = entry.as_text()
+        typer.echo(
+            f"{entry.id}  {fields.get('dlq_reason')}  {fields.get('source_id')}  {fields.get('dlq_error', '')[:100]}"
+        )
+
+
+@dlq_cli.command("show")
+def show(entry_id: Annotated[str, typer.Argument(help="A DLQ entry id.")]) -> None:
+    """Every field of one dead letter."""
+    settings = load_settings()
+    found = with_redis(settings, lambda client: dlq_show(client, settings.dlq_stream, entry_id))
+    if found is None:
+        typer.echo(f"no dead letter {entry_id}", err=True)
+        raise typer.Exit(1)
+    typer.echo(json.dumps({"id": found.id, **found.as_text()}, indent=2))
+
+
+@dlq_cli.command("replay")
+def replay(
+    entry_ids: Annotated[list[str] | None, typer.Argument(help="DLQ entry ids (default: all, or --reason).")] = None,
+    reason: Annotated[str | None, typer.Option(help="Only dead letters with this dlq_reason.")] = None,
+) -> None:
+    """Move dead letters back to the audit stream (after a fix); one that fails again comes back
+    to the DLQ with a new reason."""
+    if entry_ids and reason:
+        raise typer.BadParameter("give entry ids or --reason, not both")
+    settings = load_settings()
+    keys = settings.stream_keys
+
+    async def work(client: aioredis.Redis) -> tuple[int, int]:
+        if entry_ids:
+            entries = [e for e in [await dlq_show(client, keys.dlq, i) for i in entry_ids] if e]
+        else:
+            entries = [e async for e in iterate_dlq(client, keys.dlq, reason=reason)]
+        with Progress() as progress:
+            task = progress.add_task("replaying", total=len(entries))
+            moved = await dlq_replay(client, keys, entries, lambda n: progress.advance(task, n))
+        return moved, len(entries)
+
+    moved, selected = with_redis(settings, work)
+    typer.echo(f"replayed {moved} of {selected} dead letter(s) to {keys.stream}")
+
+
+@dlq_cli.command("purge")
+def purge(
+    reason: Annotated[str | None, typer.Option(help="Only dead letters with this dlq_reason.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
+) -> None:
+    """Delete dead letters for good."""
+    settings = load_settings()
+    if not yes:
+        what = f"dead letters with reason {reason!r}" if reason else "ALL dead letters"
+        typer.confirm(f"delete {what} from {settings.dlq_stream} for good?", abort=True)
+    purged = with_redis(settings, lambda client: dlq_purge(client, settings.dlq_stream, reason=reason))
+    typer.echo(f"purged {purged} dead letter(s)")

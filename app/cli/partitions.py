@@ -1,0 +1,67 @@
+"""`datastorage partitions ensure|list|drop`: the monthly partitions of audit_events."""
+
+import json
+import re
+from typing import Annotated
+
+import typer
+
+from app.audit.partitions import drop_partitions_before, ensure_upcoming_partitions, list_partitions
+from app.cli.common import load_settings, with_postgres
+
+partitions_cli = typer.Typer(help="Monthly partitions of audit_events.", no_args_is_help=True)
+
+
+@partitions_cli.command("ensure")
+def ensure(months_ahead: Annotated[int, typer.Option(min=0, max=24, help="Months after the current one.")] = 3) -> None:
+    """Create the current month's partition and the next N months' where missing."""
+    for name in with_postgres(load_settings(), lambda conn: ensure_upcoming_partitions(conn, months_ahead)):
+        typer.echo(name)
+
+
+@partitions_cli.command("list")
+def list_(
+    exact: Annotated[bool, typer.Option(help="Count rows exactly (scans every partition).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON array, for scripts.")] = False,
+) -> None:
+    """List the partitions with their rows and size."""
+    partitions = with_postgres(load_settings(), lambda conn: list_partitions(conn, exact_counts=exact))
+    if as_json:
+        typer.echo(
+            json.dumps(
+                [{"name": p.name, "month": p.month.isoformat(), "rows": p.rows, "bytes": p.bytes} for p in partitions]
+            )
+        )
+        return
+    typer.echo(f"{'partition':<24} {'month':<8} {'rows':>12} {'size':>10}")
+    for p in partitions:
+        typer.echo(f"{p.name:<24} {p.month:%Y-%m}  {p.rows:>12} {p.bytes / 2**20:>8.1f}MB")
+
+
+@partitions_cli.command("drop")
+def drop(
+    older_than: Annotated[
+        str, typer.Option(help="Retention, in months: 13mo drops months that ended over 13 months ago.")
+    ],
+    dry_run: Annotated[bool, typer.Option(help="Only list what would be dropped.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
+) -> None:
+    """Drop whole monthly partitions older than the retention (never the current or a future month)."""
+    match = re.fullmatch(r"(\d+)mo", older_than.strip())
+    if not match or int(match[1]) < 1:
+        raise typer.BadParameter("give months, 1mo or more, e.g. 13mo", param_hint="--older-than")
+    months = int(match[1])
+    settings = load_settings()
+    candidates = with_postgres(settings, lambda conn: drop_partitions_before(conn, months, dry_run=True))
+    for p in candidates:
+        typer.echo(f"{p.name}  {p.month:%Y-%m}  ~{p.rows} rows  {p.bytes / 2**20:.1f}MB")
+    if not candidates:
+        typer.echo("nothing older than the retention")
+        return
+    if dry_run:
+        typer.echo(f"dry run: {len(candidates)} partition(s) would be dropped")
+        return
+    if not yes:
+        typer.confirm(f"drop these {len(candidates)} partition(s) and their rows for good?", abort=True)
+    dropped = with_postgres(settings, lambda conn: drop_partitions_before(conn, months))
+    typer.echo(f"dropped {len(dropped)} partition(s)")

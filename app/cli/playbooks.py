@@ -1,0 +1,82 @@
+"""`datastorage playbooks import|search`: the remediation playbook catalog."""
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from app.catalog.embedding import Embedder
+from app.catalog.playbook import CatalogError
+from app.catalog.search import DEFAULT_MAX_RESULTS, DEFAULT_MIN_CONFIDENCE, MAX_RESULTS_LIMIT
+from app.cli.common import database_url, load_settings
+
+playbooks_cli = typer.Typer(help="The remediation playbook catalog.", no_args_is_help=True)
+
+
+@playbooks_cli.command("import")
+def import_(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A catalog YAML file.")],
+    force: Annotated[bool, typer.Option(help="Replace a version whose content changed.")] = False,
+) -> None:
+    """Upsert every playbook version of FILE, keep the latest-version flags right, embed them."""
+    from app.catalog.importer import import_catalog
+
+    settings = load_settings()
+    try:
+        summary = asyncio.run(
+            import_catalog(
+                database_url(settings),
+                file,
+                force=force,
+                embedder=lambda: Embedder(settings.embedding_backend, settings.model_cache_dir),
+            )
+        )
+    except CatalogError as error:
+        typer.echo(f"import refused: {error}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(
+        f"{summary.entries} versions of {summary.playbooks} playbooks: {summary.changed} written, "
+        f"{summary.embedded} embedded"
+    )
+
+
+@playbooks_cli.command("search")
+def search(
+    query: Annotated[str, typer.Argument(help="An incident description.")],
+    label: Annotated[list[str] | None, typer.Option(help="Label filter name=value (repeatable).")] = None,
+    min_confidence: Annotated[float, typer.Option(min=0, max=1)] = DEFAULT_MIN_CONFIDENCE,
+    max_results: Annotated[int, typer.Option(min=1, max=MAX_RESULTS_LIMIT)] = DEFAULT_MAX_RESULTS,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON, for scripts.")] = False,
+) -> None:
+    """Rank the active, latest playbooks for QUERY."""
+    from app.catalog.search import search as search_catalog
+    from app.catalog.store import create_pool
+
+    settings = load_settings()
+    labels = {}
+    for item in label or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"{item!r}: expected name=value", param_hint="--label")
+        labels[name] = value
+
+    async def ranked():
+        pool = await create_pool(database_url(settings), min_size=1, max_size=2)
+        try:
+            embedder = Embedder(settings.embedding_backend, settings.model_cache_dir)
+            return await search_catalog(
+                pool, embedder, query, labels=labels, min_confidence=min_confidence, max_results=max_results
+            )
+        finally:
+            await pool.close()
+
+    hits = asyncio.run(ranked())
+    if as_json:
+        typer.echo(json.dumps([hit.model_dump() for hit in hits]))
+        return
+    for rank, hit in enumerate(hits, 1):
+        typer.echo(f"{rank:>2}. {hit.confidence:.3f}  {hit.playbook_id} {hit.version}  {hit.name}")
+    if not hits:
+        typer.echo("no playbook above the confidence threshold")

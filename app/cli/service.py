@@ -1,0 +1,50 @@
+"""The long-running parts and the schema: `run`, `consume`, `serve`, `migrate`."""
+
+import asyncio
+
+import typer
+
+from app.cli.common import database_url, load_settings, redis_url
+from app.core.metrics import start_metrics_server
+from app.core.migrations import migrate_database
+from app.core.settings import Settings
+
+
+def _service_settings() -> Settings:
+    """Settings of a long-running part (consumer, API): both servers named, /metrics served."""
+    settings = load_settings()
+    database_url(settings)
+    redis_url(settings)
+    start_metrics_server(settings.metrics_port)
+    return settings
+
+
+def run() -> None:
+    """Run the whole service; starts embedded Postgres and Redis where no URL is set. Ctrl-C stops it."""
+    from app.local.run import run as run_service
+
+    run_service(load_settings())
+
+
+def consume() -> None:
+    """Consume the audit stream into Postgres (one consumer of the group; run several to scale)."""
+    from consumers.audit import create_app
+
+    settings = _service_settings()
+    asyncio.run(create_app(settings).run())
+
+
+def serve() -> None:
+    """Serve the HTTP API (audit queries and writes, health) on DATASTORAGE_HTTP_PORT."""
+    from app.api.server import serve as serve_api
+
+    serve_api(_service_settings())
+
+
+def migrate() -> None:
+    """Apply the schema migrations and create the upcoming monthly partitions."""
+    settings = load_settings()
+    applied = asyncio.run(
+        migrate_database(database_url(settings), settings.schema_dir, months_ahead=settings.partition_months_ahead)
+    )
+    typer.echo(f"applied {len(applied)} migration(s)" if applied else "schema is up to date")

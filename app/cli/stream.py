@@ -1,0 +1,29 @@
+"""`datastorage stream status`: the audit stream and its consumer group."""
+
+import json
+from typing import Annotated
+
+import typer
+
+from app.cli.common import load_settings, with_redis
+from app.streams.operations import stream_status
+
+stream_cli = typer.Typer(help="The audit stream and its consumer group.", no_args_is_help=True)
+
+
+@stream_cli.command("status")
+def status(as_json: Annotated[bool, typer.Option("--json", help="JSON, for scripts.")] = False) -> None:
+    """Length, lag, pending entries and their age, consumers and their idle time, DLQ depth."""
+    settings = load_settings()
+    found = with_redis(settings, lambda client: stream_status(client, settings.stream_keys))
+    if as_json:
+        typer.echo(json.dumps(found))
+        return
+    typer.echo(f"stream {found['stream']}: {found['length']} entries; DLQ {found['dlq_stream']}: {found['dlq_depth']}")
+    for group in found["groups"]:
+        typer.echo(
+            f"group {group['name']}: lag {group['lag']}, pending {group['pending']}"
+            + (f" (oldest {group['oldest_pending_age_s']} s)" if group["pending"] else "")
+        )
+        for consumer in group["consumers"]:
+            typer.echo(f"  consumer {consumer['name']}: pending {consumer['pending']}, idle {consumer['idle_s']} s")

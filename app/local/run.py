@@ -1,0 +1,99 @@
+"""`datastorage run`: the whole service in one process tree, on embedded servers by default.
+
+With no `DATASTORAGE_DATABASE_URL` it starts the embedded Postgres (data in
+`<data_dir>/pgdata`), with no `DATASTORAGE_REDIS_URL` a private redis-server (AOF on, data in
+`<data_dir>/redis`); it applies the migrations, then runs the service's parts (the audit consumer,
+the HTTP API, partition upkeep, /metrics) in this process until SIGINT or SIGTERM, and stops what it started:
+the consumer first (its batch in hand is finished or left pending), the servers last.
+"""
+
+import asyncio
+import contextlib
+import signal
+
+import structlog
+
+from app.api.server import InProcessServer, uvicorn_config
+from app.audit.partitions import ensure_upcoming_partitions
+from app.core.db import connect, create_database
+from app.core.metrics import start_metrics_server
+from app.core.migrations import migrate_database
+from app.core.settings import Settings
+from app.local.embedded import EmbeddedPostgres, LocalRedis
+from consumers.audit import create_app as create_consumer_app
+
+log = structlog.get_logger(__name__)
+
+EMBEDDED_DATABASE = "datastorage"
+PARTITION_CHECK_INTERVAL_S = 3600
+
+
+def start_embedded_servers(settings: Settings, stack: contextlib.ExitStack) -> Settings:
+    """Starts what the settings leave unset; returns settings naming both URLs."""
+    database_url, redis_url = settings.database_url, settings.redis_url
+    if database_url is None:
+        postgres = EmbeddedPostgres(settings.data_dir / "pgdata")
+        postgres.start()
+        stack.callback(postgres.close)
+        database_url = asyncio.run(create_database(postgres.url(), EMBEDDED_DATABASE))
+    if redis_url is None:
+        redis_server = LocalRedis(settings.data_dir / "redis", settings.embedded_redis_port, appendonly=True)
+        redis_server.start()
+        stack.callback(redis_server.stop)
+        redis_url = redis_server.url
+    return settings.model_copy(update={"database_url": database_url, "redis_url": redis_url})
+
+
+async def keep_partitions_ahead(settings: Settings, stop: asyncio.Event) -> None:
+    """Creates next months' partitions as months pass; a failed check is retried next time."""
+    while not stop.is_set():
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), PARTITION_CHECK_INTERVAL_S)
+        if stop.is_set():
+            return
+        try:
+            conn = await connect(settings.require_database_url())
+            try:
+                await ensure_upcoming_partitions(conn, settings.partition_months_ahead)
+            finally:
+                await conn.close()
+        except Exception:
+            log.exception("partition_check_failed")
+
+
+async def serve_until_stopped(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    applied = await migrate_database(
+        settings.require_database_url(), settings.schema_dir, months_ahead=settings.partition_months_ahead
+    )
+    log.info(
+        "service_ready",
+        database_url=settings.require_database_url(),
+        redis_url=settings.redis_url,
+        migrations_applied=[m.version for m in applied],
+    )
+    http = InProcessServer(uvicorn_config(settings))
+    async with create_consumer_app(settings):
+        http_task = asyncio.create_task(http.serve())
+        log.info(
+            "service_running",
+            consumer=settings.consumer_name,
+            http_port=settings.http_port,
+            metrics_port=settings.metrics_port,
+        )
+        await keep_partitions_ahead(settings, stop)
+        log.info("service_stopping")
+        # The API first (no new writes accepted), then the consumer (its batch in hand finishes).
+        http.should_exit = True
+        await http_task
+
+
+def run(settings: Settings) -> None:
+    with contextlib.ExitStack() as stack:
+        settings = start_embedded_servers(settings, stack)
+        start_metrics_server(settings.metrics_port)
+        asyncio.run(serve_until_stopped(settings))
+    log.info("service_stopped")

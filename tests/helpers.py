@@ -1,0 +1,344 @@
+"""What the tests share: the one event factory, bodies and problem checks for the API, waiting,
+real `datastorage` processes (consumers, `run`), and what the stream and the table hold.
+
+Test modules import from here (and from fixtures in conftest.py), never from each other.
+"""
+
+import asyncio
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from app.api.app import create_app
+from app.audit.record import COLUMNS, row_values
+from app.audit.wire import encode_event
+from app.core.settings import PROJECT_ROOT
+from app.producer import AuditEvent, AuditProducer, new_audit_event
+
+SCHEMA_DIR = PROJECT_ROOT / "schema"
+CATALOG = Path(__file__).parent / "data" / "catalog.yaml"
+STREAM, DLQ, GROUP = "audit_events", "audit_dlq", "datastorage"
+EVENTS = "/api/v1/audit-events"
+# DATASTORAGE_FAULT_SCALE=5 makes every fault test five times longer and larger.
+SCALE = float(os.environ.get("DATASTORAGE_FAULT_SCALE", "1"))
+
+
+# --- events ----------------------------------------------------------------------------------
+
+
+def event(n: int = 0, **fields: Any) -> AuditEvent:
+    """The tests' one event factory: a notification event numbered `n`; `fields` override."""
+    values: dict[str, Any] = dict(
+        service_name="gateway",
+        actor_type="service",
+        resource_type="notification",
+        resource_id=f"notif-{n}",
+        event_data={"n": n},
+    )
+    values.update(fields)
+    return new_audit_event(
+        values.pop("event_type", "notification.sent"),
+        values.pop("event_category", "notification"),
+        values.pop("event_outcome", "success"),
+        **values,
+    )
+
+
+def events(count: int, **fields: Any) -> list[AuditEvent]:
+    """`count` events, a hundred per correlation (rem-0, rem-1, …)."""
+    return [event(n, **{"correlation_id": f"rem-{n // 100}", **fields}) for n in range(count)]
+
+
+def body_of(e: AuditEvent) -> dict:
+    """An event as a POST body carries it."""
+    return orjson.loads(e.model_dump_json(exclude_none=True))
+
+
+def audit_row(timestamp: datetime, **overrides: Any) -> dict:
+    """An event as a row for plain-SQL inserts (JSON as text), at any `timestamp` (even one the
+    event model would refuse)."""
+    row = dict(zip(COLUMNS, row_values(event(1)), strict=True))
+    row = {name: value for name, value in row.items() if value is not None}
+    row.update(event_timestamp=timestamp, event_date=timestamp.astimezone(UTC).date())
+    row.update(overrides)
+    return row
+
+
+async def insert_audit_row(db, row: dict) -> None:
+    names = list(row)
+    placeholders = ", ".join(f"${n}" for n in range(1, len(names) + 1))
+    await db.execute(f"INSERT INTO audit_events ({', '.join(names)}) VALUES ({placeholders})", *row.values())
+
+
+# --- the HTTP API -----------------------------------------------------------------------------
+
+
+def assert_problem(response: httpx.Response, status: int, detail_part: str = "") -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert {"type", "title", "status", "detail", "instance"} <= set(body)
+    assert body["status"] == status
+    assert detail_part in body["detail"], body["detail"]
+    assert "Traceback" not in response.text and "SELECT" not in response.text
+    return body
+
+
+def client_for(settings):
+    app = create_app(settings)
+
+    class Client:
+        async def __aenter__(self):
+            self._lifespan = app.router.lifespan_context(app)
+            await self._lifespan.__aenter__()
+            self.client = httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://api"
+            )
+            return self.client
+
+        async def __aexit__(self, *exc):
+            await self.client.aclose()
+            await self._lifespan.__aexit__(*exc)
+
+    return Client()
+
+
+# --- waiting ---------------------------------------------------------------------------------
+
+
+async def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
+    """Polls `condition` (a function, sync or async) until it is truthy; returns its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+# --- real processes --------------------------------------------------------------------------
+
+
+DATASTORAGE = str(Path(sys.executable).parent / "datastorage")
+
+# Fast clocks so that claiming, trimming and retries happen within a test's patience.
+TEST_CONSUMER_SETTINGS = {
+    "DATASTORAGE_BATCH_WAIT_MS": "50",
+    "DATASTORAGE_CLAIM_IDLE_MS": "2000",
+    "DATASTORAGE_CLAIM_INTERVAL_S": "0.5",
+    "DATASTORAGE_HYGIENE_INTERVAL_S": "0.5",
+    "DATASTORAGE_RETRY_INITIAL_S": "0.2",
+    "DATASTORAGE_RETRY_MAX_S": "1",
+    "DATASTORAGE_METRICS_PORT": "0",
+    "DATASTORAGE_LOG_FORMAT": "json",
+}
+
+
+class ConsumerProcess:
+    def __init__(self, database_url: str, redis_url: str, name: str, log_dir: Path, **settings: str):
+        self.name = name
+        self.log_path = log_dir / f"consumer-{name}-{time.monotonic_ns()}.log"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("DATASTORAGE_")},
+            **TEST_CONSUMER_SETTINGS,
+            "DATASTORAGE_DATABASE_URL": database_url,
+            "DATASTORAGE_REDIS_URL": redis_url,
+            "DATASTORAGE_CONSUMER_NAME": name,
+            **{f"DATASTORAGE_{key.upper()}": str(value) for key, value in settings.items()},
+        }
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "ConsumerProcess":
+        log = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            [DATASTORAGE, "consume"], env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+        )
+        log.close()
+        return self
+
+    async def wait_started(self, timeout: float = 30) -> None:
+        await wait_for(
+            lambda: "consumer_starting" in self.log() or self.process.poll() is not None,
+            timeout,
+            f"consumer {self.name} to start",
+        )
+        assert self.process.poll() is None, self.log()
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def terminate(self, timeout: float = 40) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+def start_run(env_overrides: dict) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATASTORAGE_")}
+    env.update({"DATASTORAGE_LOG_FORMAT": "json", **env_overrides})
+    return subprocess.Popen([DATASTORAGE, "run"], env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_event(process: subprocess.Popen, name: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stderr], [], [], 0.5)
+        if not ready:
+            continue
+        line = process.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("event") == name:
+            return record
+    process.kill()
+    pytest.fail(f"no {name!r} from datastorage run; it said:\n{''.join(seen)}")
+
+
+def stop_with_ctrl_c(process: subprocess.Popen) -> int:
+    process.send_signal(signal.SIGINT)
+    try:
+        return process.wait(timeout=30)
+    finally:
+        process.stderr.close()
+
+
+# --- what the stream and the table hold -------------------------------------------------------
+
+
+async def publish(client, batch: list[AuditEvent]) -> list[str]:
+    return await AuditProducer(client).publish_many(batch)
+
+
+async def row_counts(db) -> tuple[int, int]:
+    row = await db.fetchrow("SELECT count(*) AS n, count(DISTINCT event_id) AS distinct_ids FROM audit_events")
+    return row["n"], row["distinct_ids"]
+
+
+async def pending(client) -> int:
+    return (await client.xpending(STREAM, GROUP))["pending"]
+
+
+async def dead_letters(client) -> list[dict[str, str]]:
+    return [
+        {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
+        for _, fields in await client.xrange(DLQ)
+    ]
+
+
+async def settled(db, client, rows: int, dlq: int = 0, timeout: float = 60) -> None:
+    """Waits until `rows` rows are stored, `dlq` entries dead-lettered and nothing is pending."""
+
+    async def done():
+        return (await row_counts(db))[0] >= rows and await client.xlen(DLQ) >= dlq and await pending(client) == 0
+
+    await wait_for(done, timeout, f"{rows} rows, {dlq} dead letters and nothing pending")
+    assert await row_counts(db) == (rows, rows), "every event exactly once"
+    assert await client.xlen(DLQ) == dlq
+
+
+# --- under faults ----------------------------------------------------------------------------
+
+
+@dataclass
+class SteadyProducer:
+    """XADDs `rate` events/s in small pipelines; keeps the event_id of every XADD Redis answered
+    OK, and counts the ones that failed (those were never acknowledged to the producer)."""
+
+    redis_url: str
+    rate: int = 2000
+    acknowledged: set = field(default_factory=set)
+    failed: int = 0
+
+    async def run_for(self, seconds: float) -> None:
+        client = aioredis.from_url(self.redis_url, socket_timeout=2, socket_connect_timeout=1)
+        per_tick = max(1, self.rate // 50)  # 50 pipelines a second
+        started = time.monotonic()
+        sent = 0
+        try:
+            while time.monotonic() - started < seconds:
+                batch = [event(sent + i, service_name="fault-test") for i in range(per_tick)]
+                try:
+                    async with client.pipeline(transaction=False) as pipe:
+                        for e in batch:
+                            pipe.xadd(STREAM, encode_event(e))
+                        await pipe.execute()
+                    self.acknowledged.update(e.event_id for e in batch)
+                except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+                    self.failed += len(batch)
+                    await asyncio.sleep(0.1)
+                sent += per_tick
+                delay = started + sent / self.rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+        finally:
+            await client.aclose()
+
+
+async def stored_ids(db) -> tuple[set, int]:
+    rows = await db.fetch("SELECT event_id FROM audit_events")
+    return {r["event_id"] for r in rows}, len(rows)
+
+
+async def settle(db, redis_url: str, expected: set, timeout: float = 120, require_idle: bool = True) -> dict:
+    """Waits until every expected event is a row and (unless not `require_idle`) nothing is
+    pending or unread; returns the figures."""
+    client = aioredis.from_url(redis_url)
+    started = time.monotonic()
+    try:
+
+        async def done() -> bool:
+            ids, _ = await stored_ids(db)
+            groups = await client.xinfo_groups(STREAM)
+            idle = bool(groups) and groups[0]["pending"] == 0 and not groups[0]["lag"]
+            return expected <= ids and (idle or not require_idle)
+
+        await wait_for(done, timeout, "every acknowledged event stored and nothing pending", interval=0.5)
+        ids, rows = await stored_ids(db)
+        return {
+            "sent_acknowledged": len(expected),
+            "stored": len(ids & expected),
+            "rows": rows,
+            "duplicated": rows - len(ids),
+            "lost": len(expected - ids),
+            "dead_lettered": await client.xlen(DLQ),
+            "pending": (await client.xinfo_groups(STREAM))[0]["pending"],
+            "settle_seconds": round(time.monotonic() - started, 1),
+        }
+    finally:
+        await client.aclose()
+
+
+def report(capsys, name: str, figures: dict) -> None:
+    with capsys.disabled():
+        print(f"\n[fault] {name}: {json.dumps(figures)}")
