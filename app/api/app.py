@@ -22,6 +22,7 @@ from app.api.middleware import BearerAuth, RequestMetrics
 from app.api.openapi import openapi_document
 from app.api.problems import EXCEPTION_HANDLERS
 from app.api.resources import Resources
+from app.audit.integrity.keys import Signer
 from app.audit.record import record_json_schema
 from app.audit.store import AuditStore
 from app.audit.writer import AuditWriter
@@ -43,7 +44,8 @@ def api_document(auth: bool) -> dict[str, Any]:
     return openapi_document(OPERATIONS, auth=auth, extra_schemas={"AuditEventRecord": record_json_schema()})
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, signer: Signer | None = None) -> Starlette:
+    """The API; `signer` seals what the write-through path stores (unsealed without one)."""
     tokens = settings.api_token_set()
     loader = shared_loader(settings.embedding_backend, settings.model_cache_dir)
     app = Starlette(
@@ -55,7 +57,7 @@ def create_app(settings: Settings) -> Starlette:
         ],
         middleware=[Middleware(RequestMetrics), Middleware(BearerAuth, tokens=tokens)],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
-        lifespan=lambda app: lifespan(app, settings, loader),
+        lifespan=lambda app: lifespan(app, settings, loader, signer),
     )
     app.state.auth = bool(tokens)
     if not tokens:
@@ -64,12 +66,14 @@ def create_app(settings: Settings) -> Starlette:
 
 
 @contextlib.asynccontextmanager
-async def lifespan(app: Starlette, settings: Settings, loader: EmbedderLoader) -> AsyncIterator[None]:
+async def lifespan(
+    app: Starlette, settings: Settings, loader: EmbedderLoader, signer: Signer | None
+) -> AsyncIterator[None]:
     database_url = settings.require_database_url()
     engine = create_engine(database_url, pool_size=settings.db_pool_size, json_deserializer=orjson.loads)
     client = aioredis.from_url(settings.require_redis_url(), socket_timeout=5, socket_connect_timeout=2)
     pool = await create_pool(database_url, min_size=0, max_size=settings.db_pool_size)
-    writer = AuditWriter(AuditProducer(client, settings.stream), AuditStore(pool))
+    writer = AuditWriter(AuditProducer(client, settings.stream), AuditStore(pool, signer))
     app.state.resources = Resources(settings, engine, pool, client, writer, loader)
     stop_worker = asyncio.Event()
     worker = asyncio.create_task(
