@@ -16,11 +16,13 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from app.audit.event import AuditEvent, ValidationLimits
+from app.audit.integrity.proofs import verify_proof
 from app.audit.wire import encode_event
 from app.streams.keys import StreamKeys
 
 __all__ = [
     "AuditEvent",
+    "verify_proof",
     "AuditProducer",
     "DEFAULT_STREAM",
     "ValidationLimits",

@@ -5,10 +5,12 @@ flushed Redis. Tests that stop a server get it back running before the next test
 """
 
 import uuid
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
+from app.audit.integrity.keys import Signer, generate_key_pair
 from app.catalog.embedding import shared_loader
 from app.catalog.freshness import count_stale
 from app.catalog.importer import import_catalog
@@ -123,6 +125,18 @@ def consumers(database_url, redis_url, tmp_path):
 async def api(settings):
     async with client_for(settings) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def signing_key(tmp_path_factory) -> Path:
+    """An Ed25519 key pair for the session (audit-signing.key, .pub beside it)."""
+    private_path, _ = generate_key_pair(tmp_path_factory.mktemp("keys"))
+    return private_path
+
+
+@pytest.fixture
+def signer(signing_key) -> Signer:
+    return Signer.from_file(signing_key)
 
 
 @pytest.fixture(scope="session")

@@ -32,13 +32,14 @@ DOCUMENT = api_document(auth=False)
 
 
 @pytest.fixture
-def served_api(database_url, redis_url, tmp_path):
+def served_api(database_url, redis_url, tmp_path, signing_key):
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("DATASTORAGE_")},
         "DATASTORAGE_DATABASE_URL": database_url, "DATASTORAGE_REDIS_URL": redis_url,
         "DATASTORAGE_HTTP_HOST": "127.0.0.1", "DATASTORAGE_HTTP_PORT": str(port),
         "DATASTORAGE_METRICS_PORT": "0", "DATASTORAGE_LOG_FORMAT": "json",
+        "DATASTORAGE_AUDIT_SIGNING_KEY_FILE": str(signing_key),
     }
     log = open(tmp_path / "serve.log", "w")
     process = subprocess.Popen([DATASTORAGE, "serve"], env=env, stdout=log, stderr=log)
@@ -81,7 +82,9 @@ def test_the_document_is_openapi_3_1_and_loads():
                           ("GET", "/api/v1/playbooks/search"), ("POST", "/api/v1/playbooks/search"),
                           ("GET", "/api/v1/playbooks/{playbook_id}"),
                           ("GET", "/api/v1/playbooks/{playbook_id}/versions"),
-                          ("GET", "/api/v1/playbooks/{playbook_id}/versions/{version}")}
+                          ("GET", "/api/v1/playbooks/{playbook_id}/versions/{version}"),
+                          ("GET", "/api/v1/audit-events/{event_id}/proof"), ("GET", "/api/v1/audit-events/export"),
+                          ("POST", "/api/v1/audit/verify")}
 
 
 def test_real_responses_validate_against_the_document(served_api, catalog):

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from app.api import audit, health, playbooks
+from app.api import audit, health, integrity, playbooks
 from app.api.health import health_routes
 from app.api.middleware import BearerAuth, RequestMetrics
 from app.api.openapi import openapi_document
@@ -36,7 +36,7 @@ from app.producer import AuditProducer
 
 log = structlog.get_logger(__name__)
 
-OPERATIONS = [*health.operations, *audit.operations, *playbooks.operations]
+OPERATIONS = [*health.operations, *audit.operations, *integrity.operations, *playbooks.operations]
 
 
 @cache
@@ -52,6 +52,8 @@ def create_app(settings: Settings, signer: Signer | None = None) -> Starlette:
         routes=[
             *health_routes({"postgres": check_postgres, "redis": check_redis, "embedding_model": check_model}),
             Route("/openapi.json", openapi),
+            # Before the audit routes: /audit-events/export is not an event id.
+            *integrity.routes,
             *audit.routes,
             *playbooks.routes,
         ],
@@ -74,7 +76,8 @@ async def lifespan(
     client = aioredis.from_url(settings.require_redis_url(), socket_timeout=5, socket_connect_timeout=2)
     pool = await create_pool(database_url, min_size=0, max_size=settings.db_pool_size)
     writer = AuditWriter(AuditProducer(client, settings.stream), AuditStore(pool, signer))
-    app.state.resources = Resources(settings, engine, pool, client, writer, loader)
+    verifier = signer.verifier if signer else None
+    app.state.resources = Resources(settings, engine, pool, client, writer, loader, verifier)
     stop_worker = asyncio.Event()
     worker = asyncio.create_task(
         keep_embeddings_fresh(database_url, pool, loader, stop_worker, settings.embedding_sweep_interval_s)

@@ -28,6 +28,7 @@ class Reply:
     description: str
     model: type[BaseModel] | None = None
     schema: dict[str, Any] | None = None
+    media_type: str = JSON
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,9 @@ def _operation(operation: Operation, refs: dict, auth: bool) -> dict[str, Any]:
     if parameters:
         document["parameters"] = parameters
     if operation.body is not None:
+        # Every JSON body is read by app/api/inputs.py:read_json_body, which answers these.
+        responses.setdefault("413", _response(Reply("the body is too large"), refs))
+        responses.setdefault("415", _response(Reply("the body is not JSON"), refs))
         document["requestBody"] = {
             "required": True,
             "content": {JSON: {"schema": refs[(operation.body, "validation")]}},
@@ -146,9 +150,9 @@ def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
 
 def _response(reply: Reply, refs: dict) -> dict[str, Any]:
     if reply.model is not None:
-        content = {JSON: {"schema": refs[(reply.model, "serialization")]}}
+        content = {reply.media_type: {"schema": refs[(reply.model, "serialization")]}}
     elif reply.schema is not None:
-        content = {JSON: {"schema": reply.schema}}
+        content = {reply.media_type: {"schema": reply.schema}}
     else:
         content = {PROBLEM: {"schema": refs[(ProblemDocument, "serialization")]}}
     return {"description": reply.description, "content": content}

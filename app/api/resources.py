@@ -7,6 +7,7 @@ import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 
+from app.audit.integrity.keys import Verifier
 from app.audit.writer import AuditWriter
 from app.catalog.embedding import EmbedderLoader
 from app.core.settings import Settings
@@ -22,6 +23,8 @@ class Resources:
     redis: aioredis.Redis
     writer: AuditWriter
     embedder_loader: EmbedderLoader
+    # The public key of the signing key: what verification checks against (None: none configured).
+    verifier: Verifier | None = None
 
 
 def resources(request: Request) -> Resources:

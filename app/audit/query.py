@@ -18,7 +18,7 @@ from sqlalchemy import Select, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.audit.event import ActorType, EventOutcome, parse_rfc3339
-from app.audit.record import audit_events, record_columns
+from app.audit.record import STORED_COLUMNS, audit_events, record_columns
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
@@ -106,9 +106,9 @@ def _utc_date(moment: datetime) -> date:
     return moment.astimezone(UTC).date()
 
 
-def build_select(query: AuditQuery) -> Select:
+def filtered(statement: Select, query: AuditQuery) -> Select:
+    """`statement` with the query's filters and time bounds (which also bound the partitions read)."""
     t = audit_events
-    statement = select(*record_columns)
     for name, value in query.filters.items():
         statement = statement.where(t.c[name] == value)
     if query.since is not None:
@@ -117,6 +117,13 @@ def build_select(query: AuditQuery) -> Select:
         statement = statement.where(t.c.event_timestamp < query.until, t.c.event_date <= _utc_date(query.until))
     if query.latest_event_date is not None:
         statement = statement.where(t.c.event_date <= query.latest_event_date)
+    return statement
+
+
+def build_select(query: AuditQuery) -> Select:
+    """A page of the query: keyset-paginated on (event_timestamp, event_id)."""
+    t = audit_events
+    statement = filtered(select(*record_columns), query)
     position = tuple_(t.c.event_timestamp, t.c.event_id)
     if query.after is not None:
         mark = tuple_(query.after.event_timestamp, query.after.event_id)
@@ -139,6 +146,13 @@ async def find_events(conn: AsyncConnection, query: AuditQuery) -> tuple[list[di
         return rows, None
     rows = rows[: query.limit]
     return rows, Cursor(rows[-1]["event_timestamp"], rows[-1]["event_id"])
+
+
+def export_select(query: AuditQuery) -> Select:
+    """Every row of the query, oldest first, with the columns a verified export needs."""
+    t = audit_events
+    statement = filtered(select(*(t.c[name] for name in STORED_COLUMNS)), query)
+    return statement.order_by(t.c.event_timestamp.asc(), t.c.event_id.asc())
 
 
 async def get_event(conn: AsyncConnection, event_id: uuid.UUID) -> dict | None:

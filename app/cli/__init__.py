@@ -3,6 +3,7 @@
 import typer
 
 from app.cli import service
+from app.cli.audit import audit_cli
 from app.cli.dlq import dlq_cli
 from app.cli.partitions import partitions_cli
 from app.cli.playbooks import playbooks_cli
@@ -19,6 +20,7 @@ cli.add_typer(partitions_cli, name="partitions")
 cli.add_typer(playbooks_cli, name="playbooks")
 cli.add_typer(stream_cli, name="stream")
 cli.add_typer(dlq_cli, name="dlq")
+cli.add_typer(audit_cli, name="audit")
 
 
 def main() -> None:

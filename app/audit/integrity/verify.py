@@ -1,0 +1,415 @@
+"""Verifying the audit trail against its seals and checkpoints (docs/INTEGRITY.md).
+
+`verify` checks, in order: every seal (its hash, its signature, its link to the previous one, the
+chain's start), every checkpoint given (its signature, and that the database has the seal it
+names, with that hash), and every row in the window (its leaf hash is the one its seal lists;
+every leaf of the window has its row, unless retention dropped its month; no row is unsealed but
+the ones younger than the sealing bound). Each finding names the event, seal or partition and
+says what is wrong.
+"""
+
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import orjson
+
+from app.audit.integrity.checkpoints import Checkpoint
+from app.audit.integrity.encoding import ENCODED_COLUMNS, encode_row, leaf_hash
+from app.audit.integrity.keys import Verifier
+from app.audit.integrity.seals import GENESIS_HASH, HEADER_COLUMNS, Leaf, SealHeader, unpack_leaves
+from app.audit.partitions import add_months, list_partitions, month_start
+
+ROW_COLUMNS = ", ".join((*ENCODED_COLUMNS, "seal_id", "integrity_salt"))
+_JSON_POSITIONS = [ENCODED_COLUMNS.index("event_data"), ENCODED_COLUMNS.index("metadata")]
+# Rows fetched per round trip while streaming a partition.
+FETCH_ROWS = 5000
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str
+    detail: str
+    event_id: str | None = None
+    seal: int | None = None  # the seal's chain index
+    partition: str | None = None
+
+
+@dataclass
+class Report:
+    findings: list[Finding] = field(default_factory=list)
+    seals: int = 0
+    checkpoints: int = 0
+    rows: int = 0
+    pending: int = 0
+    dropped_by_retention: int = 0
+    # Set when the check could not be made (a store unreachable): neither intact nor tampered.
+    incomplete: str | None = None
+
+    @property
+    def intact(self) -> bool:
+        return not self.findings and self.incomplete is None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "intact": self.intact,
+            "findings": [{k: v for k, v in asdict(f).items() if v is not None} for f in self.findings],
+            "seals": self.seals,
+            "checkpoints": self.checkpoints,
+            "rows": self.rows,
+            "pending": self.pending,
+            "dropped_by_retention": self.dropped_by_retention,
+            "incomplete": self.incomplete,
+        }
+
+
+@dataclass(frozen=True)
+class Window:
+    """What to verify: a time window (whole UTC days), one correlation, or everything."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    correlation_id: str | None = None
+
+
+Progress = Callable[[int], None]
+
+
+async def verify(
+    conn: asyncpg.Connection,
+    verifier: Verifier,
+    checkpoints: Iterable[Checkpoint],
+    window: Window = Window(),
+    *,
+    sealing_bound: timedelta = timedelta(seconds=10),
+    progress: Progress = lambda rows: None,
+) -> Report:
+    report = Report()
+    now = datetime.now(UTC)
+    headers = await _check_chain(conn, verifier, report)
+    _check_checkpoints(list(checkpoints), headers, verifier, report, now, sealing_bound)
+    dropped = _months_dropped_by_retention(headers)
+    if window.correlation_id is not None:
+        await _check_correlation(conn, window.correlation_id, headers, dropped, report, now, sealing_bound, progress)
+    else:
+        await _check_window(conn, window, headers, dropped, report, now, sealing_bound, progress)
+    return report
+
+
+async def _check_chain(conn: asyncpg.Connection, verifier: Verifier, report: Report) -> dict[int, SealHeader]:
+    """Every seal's hash, signature and link; returns the headers by chain index."""
+    headers: dict[int, SealHeader] = {}
+    previous: SealHeader | None = None
+    async with conn.transaction():
+        async for record in conn.cursor(
+            f"SELECT {HEADER_COLUMNS}, seal_hash, signature FROM audit_seals ORDER BY chain_index", prefetch=2000
+        ):
+            header = SealHeader.from_record(record)
+            headers[header.chain_index] = header
+            report.seals += 1
+            index = header.chain_index
+            if header.hash != bytes(record["seal_hash"]):
+                changed = "the seal's fields do not hash to its stored hash"
+                report.findings.append(Finding("seal_changed", changed, seal=index))
+            if not verifier.verify(bytes(record["signature"]), header.hash):
+                report.findings.append(
+                    Finding(
+                        "seal_signature",
+                        f"the signature does not verify with key {verifier.key_id} "
+                        f"(the seal names key {header.key_id}): forged or re-sealed",
+                        seal=index,
+                    )
+                )
+            if previous is None:
+                if index != 1 or header.prev_hash != GENESIS_HASH:
+                    report.findings.append(
+                        Finding(
+                            "chain_start_missing",
+                            f"the chain starts at seal {index}, not 1: the oldest seals are gone",
+                            seal=index,
+                        )
+                    )
+            else:
+                if index != previous.chain_index + 1:
+                    report.findings.append(
+                        Finding(
+                            "seals_missing", f"seals {previous.chain_index + 1}..{index - 1} are missing", seal=index
+                        )
+                    )
+                if header.prev_hash != previous.hash:
+                    report.findings.append(
+                        Finding(
+                            "chain_broken", f"seal {index} does not link to seal {previous.chain_index}", seal=index
+                        )
+                    )
+                if header.rows_total != previous.rows_total + header.row_count:
+                    report.findings.append(Finding("rows_total", "the running row total does not add up", seal=index))
+            previous = header
+    return headers
+
+
+def _check_checkpoints(
+    checkpoints: list[Checkpoint],
+    headers: dict[int, SealHeader],
+    verifier: Verifier,
+    report: Report,
+    now: datetime,
+    bound: timedelta,
+) -> None:
+    newest = max(headers) if headers else 0
+    covered = 0
+    for checkpoint in checkpoints:
+        report.checkpoints += 1
+        label = f"checkpoint {checkpoint.checkpoint_index}"
+        if not checkpoint.signature_valid(verifier):
+            report.findings.append(
+                Finding("checkpoint_signature", f"{label} does not verify with key {verifier.key_id}")
+            )
+            continue
+        header = headers.get(checkpoint.chain_index)
+        if header is None:
+            report.findings.append(
+                Finding(
+                    "seals_cut_off",
+                    f"{label} names seal {checkpoint.chain_index}, but the database's newest is "
+                    f"{newest}: the newest seals were removed",
+                    seal=checkpoint.chain_index,
+                )
+            )
+        elif header.hash != checkpoint.seal_hash or header.rows_total != checkpoint.rows_total:
+            report.findings.append(
+                Finding(
+                    "checkpoint_mismatch",
+                    f"{label} names another seal {checkpoint.chain_index} than the database "
+                    "holds: the chain was rewritten",
+                    seal=checkpoint.chain_index,
+                )
+            )
+        else:
+            covered = max(covered, checkpoint.chain_index)
+    # Seals no checkpoint covers yet: pending while young, a finding once older than the bound.
+    for index in range(covered + 1, newest + 1):
+        header = headers.get(index)
+        if header is None or header.kind != "rows":
+            continue
+        if now - header.sealed_at <= bound:
+            report.pending += header.row_count
+        elif checkpoints:
+            report.findings.append(
+                Finding(
+                    "seal_not_checkpointed",
+                    f"seal {index} ({header.row_count} rows, sealed {header.sealed_at:%Y-%m-%d %H:%M:%S}) "
+                    "is under no checkpoint: is the checkpointer running?",
+                    seal=index,
+                )
+            )
+
+
+def _months_dropped_by_retention(headers: dict[int, SealHeader]) -> set[date]:
+    return {
+        date.fromisoformat(str(h.details["month"]))
+        for h in headers.values()
+        if h.kind == "retention" and h.details.get("month")
+    }
+
+
+async def _check_window(
+    conn: asyncpg.Connection,
+    window: Window,
+    headers: dict[int, SealHeader],
+    dropped: set[date],
+    report: Report,
+    now: datetime,
+    bound: timedelta,
+    progress: Progress,
+) -> None:
+    """Partition by partition (month by month): rows against leaves."""
+    first_day = window.since.astimezone(UTC).date() if window.since else None
+    last_day = window.until.astimezone(UTC).date() if window.until else None
+    months = {p.month: p.name for p in await list_partitions(conn)}
+    sealed_months = {
+        month_start(d)
+        for h in headers.values()
+        if h.kind == "rows" and h.first_date and h.last_date
+        for d in _months_between(h.first_date, h.last_date)
+    }
+    for month in sorted(set(months) | sealed_months):
+        month_end = add_months(month, 1) - timedelta(days=1)
+        lo = max(month, first_day) if first_day else month
+        hi = min(month_end, last_day) if last_day else month_end
+        if lo > hi:
+            continue
+        leaves = await _leaves_between(conn, headers, lo, hi)
+        partition = months.get(month)
+        if partition is None:
+            if month in dropped:
+                report.dropped_by_retention += len(leaves)
+            elif leaves:
+                report.findings.append(
+                    Finding(
+                        "partition_missing",
+                        f"the partition of {month:%Y-%m} is gone with {len(leaves)} sealed rows, "
+                        "and no retention seal records its drop",
+                        partition=f"audit_events_{month:%Y_%m}",
+                    )
+                )
+            continue
+        rows = conn.cursor(
+            f"SELECT {ROW_COLUMNS} FROM audit_events WHERE event_date BETWEEN $1 AND $2", lo, hi, prefetch=FETCH_ROWS
+        )
+        async with conn.transaction():
+            await _check_rows(rows, leaves, headers, report, now, bound, progress)
+        _report_missing(leaves, month in dropped, report)
+
+
+async def _check_correlation(
+    conn: asyncpg.Connection,
+    correlation_id: str,
+    headers: dict[int, SealHeader],
+    dropped: set[date],
+    report: Report,
+    now: datetime,
+    bound: timedelta,
+    progress: Progress,
+) -> None:
+    """The correlation's rows, and every leaf of the seals that cover it (which finds a deleted
+    event of the correlation: its seal lists it)."""
+    by_seal = {h.seal_id: h for h in headers.values()}
+    leaves: dict[uuid.UUID, tuple[int, Leaf]] = {}
+    for record in await conn.fetch(
+        "SELECT seal_id, leaves FROM audit_seals WHERE correlation_ids @> ARRAY[$1::text]", correlation_id
+    ):
+        header = by_seal.get(record["seal_id"])
+        if header is not None:
+            for leaf in unpack_leaves(bytes(record["leaves"])):
+                leaves[leaf.event_id] = (header.chain_index, leaf)
+    rows = await conn.fetch(
+        f"SELECT {ROW_COLUMNS} FROM audit_events WHERE correlation_id = $1 OR event_id = ANY($2::uuid[])",
+        correlation_id,
+        list(leaves),
+    )
+    await _check_rows(_aiter(rows), leaves, headers, report, now, bound, progress)
+    _report_missing(leaves, False, report, dropped_months=dropped)
+
+
+async def _aiter(items: list) -> Any:
+    for item in items:
+        yield item
+
+
+async def _leaves_between(
+    conn: asyncpg.Connection, headers: dict[int, SealHeader], lo: date, hi: date
+) -> dict[uuid.UUID, tuple[int, Leaf]]:
+    by_seal = {h.seal_id: h for h in headers.values()}
+    found: dict[uuid.UUID, tuple[int, Leaf]] = {}
+    for record in await conn.fetch(
+        "SELECT seal_id, leaves FROM audit_seals WHERE kind = 'rows' AND first_date <= $2 AND last_date >= $1", lo, hi
+    ):
+        header = by_seal.get(record["seal_id"])
+        if header is None:
+            continue
+        for leaf in unpack_leaves(bytes(record["leaves"])):
+            if lo <= leaf.event_date <= hi:
+                found[leaf.event_id] = (header.chain_index, leaf)
+    return found
+
+
+async def _check_rows(
+    rows: Any,
+    leaves: dict[uuid.UUID, tuple[int, Leaf]],
+    headers: dict[int, SealHeader],
+    report: Report,
+    now: datetime,
+    bound: timedelta,
+    progress: Progress,
+) -> None:
+    """Each row against its leaf; the leaves seen are removed from `leaves`."""
+    seal_of = {h.seal_id: h.chain_index for h in headers.values()}
+    checked = 0
+    async for row in rows:
+        checked += 1
+        if checked % 10_000 == 0:
+            progress(10_000)
+        report.rows += 1
+        event_id = row["event_id"]
+        values = [row[i] for i in range(len(ENCODED_COLUMNS))]
+        for position in _JSON_POSITIONS:
+            if values[position] is not None:
+                values[position] = orjson.loads(values[position])
+        salt = row["integrity_salt"]
+        listed = leaves.pop(event_id, None)
+        if row["seal_id"] is None or salt is None:
+            if now - row["event_timestamp"] <= bound:
+                report.pending += 1
+            else:
+                report.findings.append(
+                    Finding(
+                        "row_unsealed",
+                        "a row no seal covers: inserted bypassing the service (or by a writer without the signing key)",
+                        event_id=str(event_id),
+                    )
+                )
+            continue
+        chain_index = seal_of.get(row["seal_id"])
+        if listed is None:
+            report.findings.append(
+                Finding(
+                    "row_inserted",
+                    "a row its seal does not list: inserted bypassing the service",
+                    event_id=str(event_id),
+                    seal=chain_index,
+                )
+            )
+            continue
+        listed_in, leaf = listed
+        if chain_index != listed_in:
+            report.findings.append(
+                Finding(
+                    "row_moved",
+                    f"the row names seal {chain_index}, but seal {listed_in} lists it",
+                    event_id=str(event_id),
+                    seal=listed_in,
+                )
+            )
+        if leaf_hash(encode_row(values, bytes(salt))) != leaf.hash:
+            report.findings.append(
+                Finding(
+                    "row_changed",
+                    "the row's content is not what was sealed: a column was changed",
+                    event_id=str(event_id),
+                    seal=listed_in,
+                )
+            )
+    progress(checked % 10_000)
+
+
+def _report_missing(
+    leaves: dict[uuid.UUID, tuple[int, Leaf]],
+    month_dropped: bool,
+    report: Report,
+    *,
+    dropped_months: set[date] | None = None,
+) -> None:
+    for event_id, (chain_index, leaf) in leaves.items():
+        if month_dropped or (dropped_months and month_start(leaf.event_date) in dropped_months):
+            report.dropped_by_retention += 1
+        else:
+            report.findings.append(
+                Finding(
+                    "row_deleted",
+                    f"the row sealed in seal {chain_index} (event date {leaf.event_date}) is gone",
+                    event_id=str(event_id),
+                    seal=chain_index,
+                )
+            )
+
+
+def _months_between(first: date, last: date) -> list[date]:
+    months, month = [], month_start(first)
+    while month <= last:
+        months.append(month)
+        month = add_months(month, 1)
+    return months
