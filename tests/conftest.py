@@ -17,7 +17,7 @@ from app.core.db import connect, create_database, drop_database
 from app.core.migrations import migrate_database
 from app.core.settings import Settings
 from tests.helpers import CATALOG, SCHEMA_DIR, ConsumerProcess, client_for
-from tests.servers import start_postgres, start_redis
+from tests.servers import start_postgres, start_redis, start_redis_cluster
 
 TEMPLATE_DATABASE = "datastorage_test_template"
 
@@ -91,6 +91,32 @@ async def redis_url(redis_server) -> str:
 async def client(redis_url):
     """A client of this test's (flushed) Redis."""
     client = aioredis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_server(tmp_path_factory):
+    """Three masters with a replica each, started the first time a test asks for them."""
+    server = start_redis_cluster(tmp_path_factory.mktemp("redis-cluster"))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+async def redis_cluster_url(redis_cluster_server) -> str:
+    """The cluster, healthy (after a fault test) and flushed on every master."""
+    redis_cluster_server.ensure_healthy()
+    client = aioredis.RedisCluster.from_url(redis_cluster_server.url)
+    await client.flushall(target_nodes=aioredis.RedisCluster.PRIMARIES)
+    await client.aclose()
+    return redis_cluster_server.url
+
+
+@pytest.fixture
+async def cluster_client(redis_cluster_url):
+    """A cluster client (redis-py's RedisCluster) of the flushed cluster."""
+    client = aioredis.RedisCluster.from_url(redis_cluster_url)
     yield client
     await client.aclose()
 

@@ -6,6 +6,10 @@
 * otherwise (the default, and CI): a private embedded Postgres and a private redis-server,
   started once per test session in a temporary folder and removed at the end.
 
+The tests of the sharded stream also get a Redis Cluster (three masters, a replica each: private,
+or `DATASTORAGE_TEST_REDIS_CLUSTER_URL`), and those of read replicas a primary with a streaming
+replica made by pg_basebackup from the embedded Postgres; both are started only when a test needs them.
+
 Only the private servers can be stopped and started again; fault tests skip elsewhere, saying why.
 """
 
@@ -15,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from app.local.embedded import EmbeddedPostgres, LocalRedis
+from app.local.redis_cluster import LocalRedisCluster
 
 
 class PostgresUnderTest:
@@ -103,3 +108,45 @@ def start_redis(tmp_dir: Path) -> RedisUnderTest:
     local = LocalRedis(tmp_dir / "redis", appendonly=True, appendfsync="always")
     local.start()
     return RedisUnderTest(local.url, local, close=local.stop)
+
+
+class RedisClusterUnderTest:
+    """A Redis Cluster of three masters with a replica each: the private one (whose nodes a fault
+    test may kill, pause and start again), or yours (`DATASTORAGE_TEST_REDIS_CLUSTER_URL`)."""
+
+    def __init__(self, url: str, local: LocalRedisCluster | None = None):
+        self.url = url
+        self._local = local
+
+    @property
+    def local(self) -> LocalRedisCluster:
+        if self._local is None:
+            pytest.skip("this test kills cluster nodes: it needs the private cluster")
+        return self._local
+
+    def ensure_healthy(self) -> None:
+        """After a fault test: every node running again (a killed master comes back as a replica of
+        the one promoted in its place) and the cluster healthy."""
+        if self._local is None:
+            return
+        for node in self._local.nodes:
+            self._local.resume(node)
+            if not node.running:
+                self._local.start_node(node)
+        self._local.wait_healthy(timeout=60)
+
+    def close(self) -> None:
+        if self._local is not None:
+            self._local.stop()
+
+
+def start_redis_cluster(tmp_dir: Path) -> RedisClusterUnderTest:
+    if url := os.environ.get("DATASTORAGE_TEST_REDIS_CLUSTER_URL"):
+        return RedisClusterUnderTest(url)
+    local = LocalRedisCluster(tmp_dir, masters=3, replicas_per_master=1)
+    try:
+        local.start()
+    except Exception:
+        local.stop()
+        raise
+    return RedisClusterUnderTest(local.url, local)

@@ -7,7 +7,6 @@ from functools import cache
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 import structlog
 from sqlalchemy import text
 from starlette.applications import Starlette
@@ -30,6 +29,7 @@ from app.catalog.freshness import keep_embeddings_fresh
 from app.catalog.store import create_pool
 from app.core.db import create_engine
 from app.core.migrations import pending_migrations
+from app.core.redis_client import create_redis
 from app.core.settings import Settings
 from app.producer import AuditProducer
 
@@ -67,9 +67,16 @@ def create_app(settings: Settings) -> Starlette:
 async def lifespan(app: Starlette, settings: Settings, loader: EmbedderLoader) -> AsyncIterator[None]:
     database_url = settings.require_database_url()
     engine = create_engine(database_url, pool_size=settings.db_pool_size, json_deserializer=orjson.loads)
-    client = aioredis.from_url(settings.require_redis_url(), socket_timeout=5, socket_connect_timeout=2)
+    client = create_redis(settings, socket_timeout=5, socket_connect_timeout=2)
     pool = await create_pool(database_url, min_size=0, max_size=settings.db_pool_size)
-    writer = AuditWriter(AuditProducer(client, settings.stream), AuditStore(pool))
+    producer = AuditProducer(
+        client,
+        settings.stream,
+        shards=settings.stream_shards,
+        wait_replicas=settings.stream_wait_replicas,
+        wait_timeout_ms=settings.stream_wait_timeout_ms,
+    )
+    writer = AuditWriter(producer, AuditStore(pool))
     app.state.resources = Resources(settings, engine, pool, client, writer, loader)
     stop_worker = asyncio.Event()
     worker = asyncio.create_task(

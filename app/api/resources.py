@@ -3,12 +3,12 @@
 from dataclasses import dataclass
 
 import asyncpg
-import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 
 from app.audit.writer import AuditWriter
 from app.catalog.embedding import EmbedderLoader
+from app.core.redis_client import RedisClient
 from app.core.settings import Settings
 
 
@@ -19,7 +19,7 @@ class Resources:
     # and for audit writes when Redis is down.
     engine: AsyncEngine
     pool: asyncpg.Pool
-    redis: aioredis.Redis
+    redis: RedisClient
     writer: AuditWriter
     embedder_loader: EmbedderLoader
 
