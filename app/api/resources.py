@@ -8,6 +8,7 @@ from starlette.requests import Request
 
 from app.audit.writer import AuditWriter
 from app.catalog.embedding import EmbedderLoader
+from app.core.read_replicas import ReadRouter
 from app.core.redis_client import RedisClient
 from app.core.settings import Settings
 
@@ -22,6 +23,9 @@ class Resources:
     redis: RedisClient
     writer: AuditWriter
     embedder_loader: EmbedderLoader
+    # Where audit queries and playbook searches read: a read replica that keeps up, else the
+    # primary (`engine`/`pool` above). Writes never go through it.
+    reads: ReadRouter
 
 
 def resources(request: Request) -> Resources:
