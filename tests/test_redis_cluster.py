@@ -56,8 +56,10 @@ async def test_each_shard_shares_a_slot_with_its_dlq_and_the_plain_pair_does_not
     keys = StreamKeys(shards=16)
     for shard in keys.read_shards[1:]:
         assert await _keyslot(cluster_client, shard.stream) == await _keyslot(cluster_client, shard.dlq)
+        assert shard.dlq_in_same_slot
     # The plain stream and its DLQ are two slots: no MULTI or script can hold both on a cluster.
     assert await _keyslot(cluster_client, "audit_events") != await _keyslot(cluster_client, "audit_dlq")
+    assert not keys.plain.dlq_in_same_slot
 
 
 async def test_how_the_hash_tags_spread_over_three_default_masters(cluster_client):

@@ -34,7 +34,8 @@ class Settings(BaseSettings):
     # and playbook search read from one whose replay is at most read_replica_max_lag_bytes of WAL
     # behind the primary (measured every read_replica_check_interval_s), else from the primary.
     database_read_url: str | None = None
-    # 16 MiB: one WAL segment; at 2,000 events/s about 2 s of writes (docs/SCALING.md).
+    # 16 MiB: one WAL segment, about 13,000 stored events (1.3 KB of WAL each), 6.5 s of writes at
+    # 2,000 events/s (ops/bench/wal_per_event.py, docs/SCALING.md).
     read_replica_max_lag_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
     read_replica_check_interval_s: float = Field(default=1.0, gt=0)
 

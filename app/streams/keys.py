@@ -16,6 +16,14 @@ import random
 import zlib
 from dataclasses import dataclass
 
+from redis.crc import key_slot
+
+
+def same_slot(*keys: str) -> bool:
+    """Whether a Redis Cluster takes these keys in one MULTI/EXEC or one script (one hash slot).
+    A shard and its DLQ always do; the plain `audit_events` and `audit_dlq` do not."""
+    return len({key_slot(key.encode()) for key in keys}) == 1
+
 
 @dataclass(frozen=True)
 class StreamShard:
@@ -25,6 +33,11 @@ class StreamShard:
     index: int | None
     stream: str
     dlq: str
+
+    @property
+    def dlq_in_same_slot(self) -> bool:
+        """On a Redis Cluster: can the dead-letter script (and a replay's MULTI) hold both keys?"""
+        return same_slot(self.stream, self.dlq)
 
 
 @dataclass(frozen=True)

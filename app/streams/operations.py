@@ -47,14 +47,6 @@ def parse_entry_name(name: str) -> tuple[int | None, str]:
     return (int(shard_text) if shard_text else None), entry_id
 
 
-def _one_slot(client: RedisClient, *keys: str) -> bool:
-    """Can one MULTI/EXEC (or script) hold these keys? Always on a plain Redis; on a cluster only
-    when they hash to one slot."""
-    if not isinstance(client, aioredis.RedisCluster):
-        return True
-    return len({client.keyslot(key) for key in keys}) == 1
-
-
 # --- stream status --------------------------------------------------------------------------
 
 
@@ -249,7 +241,8 @@ async def dlq_replay(
         if not fields:  # a record of a deleted entry: nothing to replay
             continue
         shard = keys.shard(entry.shard)
-        if _one_slot(client, shard.stream, shard.dlq):
+        # One MULTI on a plain Redis, or on a cluster when the two keys share a slot.
+        if not isinstance(client, aioredis.RedisCluster) or shard.dlq_in_same_slot:
             async with client.pipeline(transaction=True) as pipe:
                 pipe.xadd(shard.stream, fields)
                 pipe.xdel(shard.dlq, entry.id)
