@@ -93,6 +93,8 @@ class AuditProducer:
         master), in order within each shard."""
         wanted = self.wait_replicas if wait_replicas is None else wait_replicas
         batch = list(events)
+        if not batch:
+            return []
         streams = [self.stream_for(event) for event in batch]
         nodes = await self._masters_of(streams) if wanted > 0 else []
         async with self.client.pipeline(transaction=False) as pipe:

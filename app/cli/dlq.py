@@ -95,6 +95,7 @@ def purge(
     settings = load_settings()
     if not yes:
         what = f"dead letters with reason {reason!r}" if reason else "ALL dead letters"
-        typer.confirm(f"delete {what} from {settings.dlq_stream} for good?", abort=True)
+        where = "every shard's DLQ" if settings.stream_keys.sharded else settings.dlq_stream
+        typer.confirm(f"delete {what} from {where} for good?", abort=True)
     purged = with_redis(settings, lambda client: dlq_purge(client, settings.stream_keys, reason=reason))
     typer.echo(f"purged {purged} dead letter(s)")

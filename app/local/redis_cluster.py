@@ -148,21 +148,6 @@ class LocalRedisCluster:
         if node.process is not None:
             node.process.send_signal(signal.SIGCONT)
 
-    def roles(self) -> dict[int, str]:
-        """Each running node's port and its role as it says itself (`master` or `slave`)."""
-        found = {}
-        for node in self.nodes:
-            if not node.running:
-                continue
-            client = node.client()
-            try:
-                found[node.port] = str(client.info("replication")["role"])
-            except redis.RedisError:
-                pass
-            finally:
-                client.close()
-        return found
-
     def master_of_slot(self, slot: int) -> ClusterNode:
         """The node that serves `slot` now, in the view of a running master."""
         for node in self.nodes:
