@@ -6,6 +6,12 @@
     producer = AuditProducer(redis.asyncio.Redis.from_url("redis://…"))
     await producer.publish(notification_audit_event("notif-1", "sent", "ops@example.com", "email"))
 
+With a sharded stream (`DATASTORAGE_STREAM_SHARDS=N`, usually on a Redis Cluster) give the same N:
+`AuditProducer(redis.asyncio.RedisCluster.from_url("redis://any-node:6379"), shards=N)` XADDs each
+event to `audit_events:{crc32(correlation_id) mod N}`, so one remediation's events stay in order.
+`wait_replicas=1` makes a publish return only once a replica has the events too (Redis `WAIT`),
+for events that must survive a fail-over of the master.
+
 This module is the project's public API (`__all__`); everything else is the service's own.
 Services in other languages XADD the same flat fields (README: "Producing events").
 """
@@ -18,6 +24,7 @@ import redis.asyncio as aioredis
 from app.audit.event import AuditEvent, ValidationLimits
 from app.audit.integrity.proofs import verify_proof
 from app.audit.wire import encode_event
+from app.streams.ids import as_text
 from app.streams.keys import StreamKeys
 
 __all__ = [
@@ -25,6 +32,7 @@ __all__ = [
     "verify_proof",
     "AuditProducer",
     "DEFAULT_STREAM",
+    "NotReplicated",
     "ValidationLimits",
     "ai_analysis_audit_event",
     "new_audit_event",
@@ -35,27 +43,105 @@ __all__ = [
 DEFAULT_STREAM = StreamKeys().stream
 
 
+class NotReplicated(Exception):
+    """Redis has the events, but fewer replicas than asked confirmed them within the timeout (or
+    the master changed meanwhile): a fail-over now could lose them. Publishing the same events
+    again is safe: an event_id is stored once."""
+
+    def __init__(self, entry_ids: list[str], wanted: int, confirmed: int):
+        super().__init__(f"{confirmed} of {wanted} replica(s) confirmed {len(entry_ids)} event(s)")
+        self.entry_ids = entry_ids
+        self.wanted = wanted
+        self.confirmed = confirmed
+
+
 class AuditProducer:
-    def __init__(self, client: aioredis.Redis, stream: str = DEFAULT_STREAM):
+    """XADDs audit events. `client`: a `redis.asyncio.Redis` or `RedisCluster`. `shards`: the
+    stream's shard count (the service's DATASTORAGE_STREAM_SHARDS). `wait_replicas`: after the
+    XADDs, WAIT until that many replicas have them (0: do not wait; the master's answer is the
+    acknowledgement), at most `wait_timeout_ms`, else raise `NotReplicated`."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis | aioredis.RedisCluster,
+        stream: str = DEFAULT_STREAM,
+        *,
+        shards: int = 1,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
+    ):
         self.client = client
-        self.stream = stream
+        self.keys = StreamKeys(stream=stream, shards=shards)
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
 
-    async def publish(self, event: AuditEvent) -> str:
-        """XADDs one event; returns the entry id once Redis has it."""
-        entry_id = await self.client.xadd(self.stream, encode_event(event))
-        return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    @property
+    def stream(self) -> str:
+        return self.keys.stream
 
-    async def publish_many(self, events: Iterable[AuditEvent]) -> list[str]:
-        """XADDs many events in one round trip (a pipeline, not a transaction)."""
-        return await self.publish_entries(encode_event(event) for event in events)
+    def stream_for(self, event: AuditEvent) -> str:
+        """The stream (shard) this event goes to."""
+        return self.keys.stream_for(event.correlation_id)
 
-    async def publish_entries(self, entries: Iterable[dict[str, str]]) -> list[str]:
-        """XADDs entries already in the wire format (README: "Producing events"), pipelined."""
+    def _stream_of(self, fields: dict[str, str]) -> str:
+        return self.keys.stream_for(fields.get("correlation_id"))
+
+    async def publish(self, event: AuditEvent, *, wait_replicas: int | None = None) -> str:
+        """XADDs one event; returns the entry id once Redis (and `wait_replicas` replicas) have it."""
+        if (self.wait_replicas if wait_replicas is None else wait_replicas) > 0:
+            [entry_id] = await self.publish_many([event], wait_replicas=wait_replicas)
+            return entry_id
+        return as_text(await self.client.xadd(self.stream_for(event), encode_event(event)))
+
+    async def publish_many(self, events: Iterable[AuditEvent], *, wait_replicas: int | None = None) -> list[str]:
+        """XADDs many events in one round trip (a pipeline, not a transaction; on a cluster, one per
+        master), in order within each shard."""
+        return await self.publish_entries((encode_event(event) for event in events), wait_replicas=wait_replicas)
+
+    async def publish_entries(
+        self, entries: Iterable[dict[str, str]], *, wait_replicas: int | None = None
+    ) -> list[str]:
+        """XADDs entries already in the wire format (README: "Producing events"), as publish_many."""
+        wanted = self.wait_replicas if wait_replicas is None else wait_replicas
+        batch = list(entries)
+        if not batch:
+            return []
+        streams = [self._stream_of(fields) for fields in batch]
+        nodes = await self._masters_of(streams) if wanted > 0 else []
         async with self.client.pipeline(transaction=False) as pipe:
-            for fields in entries:
-                pipe.xadd(self.stream, fields)
-            entry_ids = await pipe.execute()
-        return [i.decode() if isinstance(i, bytes) else i for i in entry_ids]
+            for stream, fields in zip(streams, batch, strict=True):
+                pipe.xadd(stream, fields)
+            # WAIT counts the replicas that have every write made on ITS connection: it must
+            # follow the XADDs on the connection of the master that took them. A cluster pipeline
+            # sends each master's commands in order on one connection; `target_nodes` puts the
+            # WAIT there. (Without a target, redis-py refuses to route a pipelined WAIT, so a
+            # retried pipeline fails rather than waiting on a connection that wrote nothing.)
+            for node in nodes:
+                options = {} if node is None else {"target_nodes": node}
+                pipe.execute_command("WAIT", wanted, self.wait_timeout_ms, **options)
+            replies = await pipe.execute(raise_on_error=False)
+        for reply in replies[: len(batch)]:
+            if isinstance(reply, Exception):
+                raise reply
+        entry_ids = [as_text(reply) for reply in replies[: len(batch)]]
+        if wanted > 0:
+            confirmed = min((r if isinstance(r, int) else 0) for r in replies[len(batch) :])
+            # An XADD redirected by MOVED (its slot moved during the pipeline) was taken by
+            # another master than the one that answered WAIT: not confirmed.
+            if confirmed >= wanted and nodes != await self._masters_of(streams):
+                confirmed = 0
+            if confirmed < wanted:
+                raise NotReplicated(entry_ids, wanted, confirmed)
+        return entry_ids
+
+    async def _masters_of(self, streams: list[str]) -> list:
+        """The cluster masters of these streams' slots, as redis-py knows them now, in a stable
+        order ([None] for a plain client: one connection does it all)."""
+        if not isinstance(self.client, aioredis.RedisCluster):
+            return [None]
+        await self.client.initialize()
+        found = {node.name: node for node in (self.client.get_node_from_key(stream) for stream in streams)}
+        return [found[name] for name in sorted(found)]
 
 
 def new_audit_event(

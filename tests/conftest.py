@@ -7,6 +7,7 @@ flushed Redis. Tests that stop a server get it back running before the next test
 import uuid
 from pathlib import Path
 
+import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
@@ -18,8 +19,8 @@ from app.catalog.store import create_pool
 from app.core.db import connect, create_database, drop_database
 from app.core.migrations import migrate_database
 from app.core.settings import Settings
-from tests.helpers import CATALOG, SCHEMA_DIR, ConsumerProcess, client_for
-from tests.servers import start_postgres, start_redis
+from tests.helpers import CATALOG, SCHEMA_DIR, ConsumerProcess, client_for, wait_for
+from tests.servers import start_postgres, start_redis, start_redis_cluster, start_replicated_postgres
 
 TEMPLATE_DATABASE = "datastorage_test_template"
 
@@ -95,6 +96,67 @@ async def client(redis_url):
     client = aioredis.from_url(redis_url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_server(tmp_path_factory):
+    """Three masters with a replica each, started the first time a test asks for them."""
+    server = start_redis_cluster(tmp_path_factory.mktemp("redis-cluster"))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+async def redis_cluster_url(redis_cluster_server) -> str:
+    """The cluster, healthy (after a fault test) and flushed on every master."""
+    redis_cluster_server.ensure_healthy()
+    client = aioredis.RedisCluster.from_url(redis_cluster_server.url)
+    await client.flushall(target_nodes=aioredis.RedisCluster.PRIMARIES)
+    await client.aclose()
+    return redis_cluster_server.url
+
+
+@pytest.fixture
+async def cluster_client(redis_cluster_url):
+    """A cluster client (redis-py's RedisCluster) of the flushed cluster."""
+    client = aioredis.RedisCluster.from_url(redis_cluster_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+async def replicated_postgres(tmp_path_factory):
+    """A private primary with a streaming replica (pg_basebackup), and a migrated template on it;
+    started the first time a test asks for them."""
+    pair = start_replicated_postgres(tmp_path_factory.mktemp("replicated"))
+    await create_database(pair.primary.url(), TEMPLATE_DATABASE)
+    await migrate_database(pair.primary.url(TEMPLATE_DATABASE), SCHEMA_DIR, months_ahead=3)
+    yield pair
+    pair.close()
+
+
+@pytest.fixture
+async def replicated_database(replicated_postgres) -> tuple[str, str]:
+    """A migrated database of this test's own on the primary, and its URL on the replica once the
+    replica has it: (primary_url, replica_url)."""
+    replicated_postgres.ensure_running()
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    primary_url = await create_database(
+        replicated_postgres.primary.url(), name, template=TEMPLATE_DATABASE
+    )
+    replica_url = replicated_postgres.replica.url(name)
+
+    async def replicated() -> bool:
+        try:
+            await (await connect(replica_url, timeout=2)).close()
+        except (OSError, asyncpg.PostgresError):
+            return False
+        return True
+
+    await wait_for(replicated, 30, "the new database on the replica")
+    yield primary_url, replica_url
+    replicated_postgres.ensure_running()
+    await drop_database(replicated_postgres.primary.url(), name)
 
 
 @pytest.fixture

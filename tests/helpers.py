@@ -204,6 +204,18 @@ class ConsumerProcess:
         return self.process is not None and self.process.poll() is None
 
 
+def run_datastorage(settings: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`datastorage ARGS` as an operator runs it, with only these DATASTORAGE_* settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATASTORAGE_")}
+    env.update({"DATASTORAGE_LOG_FORMAT": "json", **settings})
+    result = subprocess.run(
+        [DATASTORAGE, *args], env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
 def start_run(env_overrides: dict) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DATASTORAGE_")}
     env.update({"DATASTORAGE_LOG_FORMAT": "json", **env_overrides})

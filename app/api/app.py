@@ -5,9 +5,9 @@ import contextlib
 from collections.abc import AsyncIterator
 from functools import cache
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
-import redis.asyncio as aioredis
 import structlog
 from sqlalchemy import text
 from starlette.applications import Starlette
@@ -31,6 +31,8 @@ from app.catalog.freshness import keep_embeddings_fresh
 from app.catalog.store import create_pool
 from app.core.db import create_engine
 from app.core.migrations import pending_migrations
+from app.core.read_replicas import ReadRouter, ReadSource
+from app.core.redis_client import create_redis
 from app.core.settings import Settings
 from app.producer import AuditProducer
 
@@ -73,24 +75,54 @@ async def lifespan(
 ) -> AsyncIterator[None]:
     database_url = settings.require_database_url()
     engine = create_engine(database_url, pool_size=settings.db_pool_size, json_deserializer=orjson.loads)
-    client = aioredis.from_url(settings.require_redis_url(), socket_timeout=5, socket_connect_timeout=2)
+    client = create_redis(settings, socket_timeout=5, socket_connect_timeout=2)
     pool = await create_pool(database_url, min_size=0, max_size=settings.db_pool_size)
-    writer = AuditWriter(AuditProducer(client, settings.stream), AuditStore(pool, signer))
-    verifier = signer.verifier if signer else None
-    app.state.resources = Resources(settings, engine, pool, client, writer, loader, verifier)
-    stop_worker = asyncio.Event()
-    worker = asyncio.create_task(
-        keep_embeddings_fresh(database_url, pool, loader, stop_worker, settings.embedding_sweep_interval_s)
+    producer = AuditProducer(
+        client,
+        settings.stream,
+        shards=settings.stream_shards,
+        wait_replicas=settings.stream_wait_replicas,
+        wait_timeout_ms=settings.stream_wait_timeout_ms,
     )
+    writer = AuditWriter(producer, AuditStore(pool, signer))
+    reads = await read_router(settings, ReadSource("primary", engine, pool, is_primary=True))
+    verifier = signer.verifier if signer else None
+    app.state.resources = Resources(settings, engine, pool, client, writer, loader, reads, verifier)
+    stop_worker = asyncio.Event()
+    workers = [
+        asyncio.create_task(
+            keep_embeddings_fresh(database_url, pool, loader, stop_worker, settings.embedding_sweep_interval_s)
+        )
+    ]
+    if reads.replicas:
+        workers.append(asyncio.create_task(reads.keep_measuring(stop_worker, settings.read_replica_check_interval_s)))
     try:
         yield
     finally:
         stop_worker.set()
-        await asyncio.wait([worker], timeout=10)
-        worker.cancel()
+        await asyncio.wait(workers, timeout=10)
+        for worker in workers:
+            worker.cancel()
+        for replica in reads.replicas:
+            await replica.pool.close()
+            await replica.engine.dispose()
         await pool.close()
         await client.aclose()
         await engine.dispose()
+
+
+async def read_router(settings: Settings, primary: ReadSource) -> ReadRouter:
+    """The primary and a source per `DATASTORAGE_DATABASE_READ_URL` (none: every read on the primary).
+    Connections to a replica give up quickly, so that a dead one costs a read little time."""
+    replicas = []
+    for n, url in enumerate(settings.database_read_urls()):
+        engine = create_engine(
+            url, pool_size=settings.db_pool_size, json_deserializer=orjson.loads, connect_args={"timeout": 2}
+        )
+        pool = await create_pool(url, min_size=0, max_size=settings.db_pool_size, timeout=2)
+        replicas.append(ReadSource(f"replica-{n}", engine, pool))
+        log.info("read_replica_configured", replica=f"replica-{n}", host=urlsplit(url).hostname or "socket")
+    return ReadRouter(primary, replicas, max_lag_bytes=settings.read_replica_max_lag_bytes)
 
 
 async def check_postgres(resources: Resources) -> str | None:

@@ -31,6 +31,7 @@ from app.audit.query import (
 from app.audit.record import record_json
 from app.audit.store import DuplicateEventIds
 from app.audit.writer import StoresUnavailable
+from app.core.read_replicas import ReadSource
 
 MAX_EVENTS_PER_REQUEST = 1000
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
@@ -89,8 +90,12 @@ def list_query(request: Request, max_future_skew: timedelta) -> AuditQuery:
 async def list_audit_events(request: Request) -> Response:
     found = resources(request)
     query = list_query(request, found.settings.validation_limits.max_future_skew)
-    async with found.engine.connect() as conn:
-        rows, next_cursor = await find_events(conn, query)
+
+    async def read(source: ReadSource) -> tuple[list[dict], Cursor | None]:
+        async with source.engine.connect() as conn:
+            return await find_events(conn, query)
+
+    rows, next_cursor = await found.reads.run(read)
     return JSONResponse(
         {
             "data": [record_json(row) for row in rows],
@@ -108,8 +113,12 @@ async def get_audit_event(request: Request) -> Response:
         event_id = uuid.UUID(request.path_params["event_id"])
     except ValueError:
         raise Problem(400, "event_id: must be a UUID", parameter="event_id") from None
-    async with resources(request).engine.connect() as conn:
-        row = await get_event(conn, event_id)
+
+    async def read(source: ReadSource) -> dict | None:
+        async with source.engine.connect() as conn:
+            return await get_event(conn, event_id)
+
+    row = await resources(request).reads.run(read)
     if row is None:
         raise Problem(404, f"no audit event {event_id}")
     return JSONResponse(record_json(row))

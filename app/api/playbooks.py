@@ -81,13 +81,16 @@ async def _search_response(
 ) -> Response:
     found = resources(request)
     embedder = await found.embedder_loader.get()
-    hits = await search(
-        found.pool,
-        embedder,
-        fields.query,
-        labels=labels,
-        min_confidence=fields.min_confidence,
-        max_results=min(max_results, MAX_RESULTS_LIMIT),
+    hits = await found.reads.run(
+        lambda source: search(
+            found.pool,
+            embedder,
+            fields.query,
+            labels=labels,
+            min_confidence=fields.min_confidence,
+            max_results=min(max_results, MAX_RESULTS_LIMIT),
+            read_pool=None if source.is_primary else source.pool,
+        )
     )
     return JSONResponse({"playbooks": [hit.model_dump() for hit in hits], "total_results": len(hits)})
 

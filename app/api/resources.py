@@ -3,13 +3,14 @@
 from dataclasses import dataclass
 
 import asyncpg
-import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 
 from app.audit.integrity.keys import Verifier
 from app.audit.writer import AuditWriter
 from app.catalog.embedding import EmbedderLoader
+from app.core.read_replicas import ReadRouter
+from app.core.redis_client import RedisClient
 from app.core.settings import Settings
 
 
@@ -20,9 +21,12 @@ class Resources:
     # and for audit writes when Redis is down.
     engine: AsyncEngine
     pool: asyncpg.Pool
-    redis: aioredis.Redis
+    redis: RedisClient
     writer: AuditWriter
     embedder_loader: EmbedderLoader
+    # Where audit queries and playbook searches read: a read replica that keeps up, else the
+    # primary (`engine`/`pool` above). Writes never go through it.
+    reads: ReadRouter
     # The public key of the signing key: what verification checks against (None: none configured).
     verifier: Verifier | None = None
 

@@ -1,8 +1,10 @@
 """The write policy of the HTTP side: Redis first, Postgres when Redis is away, else refuse.
 
-Events are XADDed to the audit stream (the consumer stores them). When Redis cannot take them they
-are written straight to Postgres, idempotently: the same event_id is one row even if some of the
-XADDs got through before Redis went away. Only when both stores fail is the write refused.
+Events are XADDed to the audit stream (the consumer stores them), through the producer library,
+so they go to the shard of their correlation id like any producer's. When Redis cannot take them
+(or, with `DATASTORAGE_STREAM_WAIT_REPLICAS`, no replica confirms them in time) they are written
+straight to Postgres, idempotently: the same event_id is one row even if some of the XADDs got
+through. Only when both stores fail is the write refused.
 """
 
 from collections.abc import Sequence
@@ -14,11 +16,21 @@ import structlog
 from app.audit.identity import Submission
 from app.audit.store import AuditStore, DuplicateEventIds
 from app.audit.wire import encode_submission
-from app.producer import AuditProducer
+from app.producer import AuditProducer, NotReplicated
 
 log = structlog.get_logger(__name__)
 
 WriteStatus = Literal["accepted", "stored"]
+
+# Redis did not take the events, or cannot promise to keep them: Postgres gets them instead.
+# (A cluster in fail-over answers CLUSTERDOWN or has no master for a slot for a moment.)
+REDIS_UNAVAILABLE = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.ClusterError,
+    redis.exceptions.RedisClusterException,
+    NotReplicated,
+)
 
 
 class StoresUnavailable(Exception):
@@ -37,7 +49,7 @@ class AuditWriter:
         try:
             await self.producer.publish_entries(encode_submission(s) for s in submissions)
             return "accepted"
-        except (redis.ConnectionError, redis.TimeoutError) as redis_error:
+        except REDIS_UNAVAILABLE as redis_error:
             try:
                 await self.store.insert(submissions, refuse_conflicts=True)
             except DuplicateEventIds:

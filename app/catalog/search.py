@@ -54,10 +54,15 @@ async def search(
     labels: dict[str, str] | None = None,
     min_confidence: float = 0.0,
     max_results: int = 10,
+    read_pool: asyncpg.Pool | None = None,
 ) -> list[SearchHit]:
-    """The active, latest playbooks most similar to `query`, best first (ties by playbook_id)."""
+    """The active, latest playbooks most similar to `query`, best first (ties by playbook_id).
+    `read_pool`: a read replica to rank on; a search there leaves stale rows to the primary's
+    embedding worker (a replica cannot write, and its copy of a row may be older than the primary's)."""
     started = time.perf_counter()
-    stale = await embed_stale(pool, embedder, limit=ON_THE_FLY_LIMIT, only_searchable=True, by="search")
+    stale = 0
+    if read_pool is None:
+        stale = await embed_stale(pool, embedder, limit=ON_THE_FLY_LIMIT, only_searchable=True, by="search")
     if stale == ON_THE_FLY_LIMIT:
         async with pool.acquire() as conn:
             left = await count_stale(conn)
@@ -68,7 +73,7 @@ async def search(
                 hint="the embedding worker is behind; these rows are ranked by an older text",
             )
     [vector] = await embedder.encode([query])
-    async with pool.acquire() as conn:
+    async with (read_pool or pool).acquire() as conn:
         hits = await rank(conn, vector, labels=labels, min_confidence=min_confidence, max_results=max_results)
     metrics.PLAYBOOK_SEARCH_DURATION.observe(time.perf_counter() - started)
     return hits

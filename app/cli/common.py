@@ -5,11 +5,11 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import asyncpg
-import redis.asyncio as aioredis
 import typer
 
 from app.core.db import connect
 from app.core.logs import configure_logging
+from app.core.redis_client import RedisClient, create_redis
 from app.core.settings import MissingSetting, Settings
 
 T = TypeVar("T")
@@ -49,12 +49,12 @@ def with_postgres(settings: Settings, work: Callable[[asyncpg.Connection], Await
     return asyncio.run(main())
 
 
-def with_redis(settings: Settings, work: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
-    """Runs `work` with a client of the configured Redis, closed afterwards."""
-    url = redis_url(settings)
+def with_redis(settings: Settings, work: Callable[[RedisClient], Awaitable[T]]) -> T:
+    """Runs `work` with a client of the configured Redis (or Redis Cluster), closed afterwards."""
+    redis_url(settings)  # a usage error when it is not set
 
     async def main() -> T:
-        client = aioredis.from_url(url)
+        client = create_redis(settings)
         try:
             return await work(client)
         finally:

@@ -1,16 +1,24 @@
-"""`datastorage dlq list|show|replay|purge`: the dead-letter stream."""
+"""`datastorage dlq list|show|replay|purge`: the dead-letter streams (the plain one and each shard's).
+
+A dead letter is named by its entry id, or `shard:id` when it is in a shard's DLQ
+(app/streams/operations.py).
+"""
 
 import json
 from typing import Annotated
 
-import redis.asyncio as aioredis
 import typer
 from rich.progress import Progress
 
 from app.cli.common import load_settings, with_redis
-from app.streams.operations import dlq_list, dlq_purge, dlq_replay, dlq_show, iterate_dlq
+from app.core.redis_client import RedisClient
+from app.streams.operations import DeadLetterEntry, dlq_list, dlq_purge, dlq_replay, dlq_show, iterate_dead_letters
 
 dlq_cli = typer.Typer(help="The dead-letter stream: inspect, replay, purge.", no_args_is_help=True)
+
+
+def _as_json(entry: DeadLetterEntry) -> dict:
+    return {"id": entry.name, **entry.as_text()}
 
 
 @dlq_cli.command("list")
@@ -19,33 +27,38 @@ def list_(
     limit: Annotated[int, typer.Option(min=1)] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="JSON, for scripts.")] = False,
 ) -> None:
-    """List dead letters, oldest first."""
+    """List dead letters, oldest first (over every shard's DLQ)."""
     settings = load_settings()
-    found = with_redis(settings, lambda client: dlq_list(client, settings.dlq_stream, reason=reason, limit=limit))
+    found = with_redis(settings, lambda client: dlq_list(client, settings.stream_keys, reason=reason, limit=limit))
     if as_json:
-        typer.echo(json.dumps([{"id": e.id, **e.as_text()} for e in found]))
+        typer.echo(json.dumps([_as_json(e) for e in found]))
         return
     for entry in found:
         fields = entry.as_text()
         typer.echo(
-            f"{entry.id}  {fields.get('dlq_reason')}  {fields.get('source_id')}  {fields.get('dlq_error', '')[:100]}"
+            f"{entry.name}  {fields.get('dlq_reason')}  {fields.get('source_id')}  {fields.get('dlq_error', '')[:100]}"
         )
 
 
 @dlq_cli.command("show")
-def show(entry_id: Annotated[str, typer.Argument(help="A DLQ entry id.")]) -> None:
+def show(entry_id: Annotated[str, typer.Argument(help="A dead letter: its entry id, or shard:id.")]) -> None:
     """Every field of one dead letter."""
     settings = load_settings()
-    found = with_redis(settings, lambda client: dlq_show(client, settings.dlq_stream, entry_id))
+    try:
+        found = with_redis(settings, lambda client: dlq_show(client, settings.stream_keys, entry_id))
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="ID") from None
     if found is None:
         typer.echo(f"no dead letter {entry_id}", err=True)
         raise typer.Exit(1)
-    typer.echo(json.dumps({"id": found.id, **found.as_text()}, indent=2))
+    typer.echo(json.dumps(_as_json(found), indent=2))
 
 
 @dlq_cli.command("replay")
 def replay(
-    entry_ids: Annotated[list[str] | None, typer.Argument(help="DLQ entry ids (default: all, or --reason).")] = None,
+    entry_ids: Annotated[
+        list[str] | None, typer.Argument(help="Dead letters: entry ids or shard:id (default: all, or --reason).")
+    ] = None,
     reason: Annotated[str | None, typer.Option(help="Only dead letters with this dlq_reason.")] = None,
 ) -> None:
     """Move dead letters back to the audit stream (after a fix); one that fails again comes back
@@ -55,18 +68,22 @@ def replay(
     settings = load_settings()
     keys = settings.stream_keys
 
-    async def work(client: aioredis.Redis) -> tuple[int, int]:
+    async def work(client: RedisClient) -> tuple[int, int]:
         if entry_ids:
-            entries = [e for e in [await dlq_show(client, keys.dlq, i) for i in entry_ids] if e]
+            entries = [e for e in [await dlq_show(client, keys, name) for name in entry_ids] if e]
         else:
-            entries = [e async for e in iterate_dlq(client, keys.dlq, reason=reason)]
+            entries = [e async for e in iterate_dead_letters(client, keys, reason=reason)]
         with Progress() as progress:
             task = progress.add_task("replaying", total=len(entries))
             moved = await dlq_replay(client, keys, entries, lambda n: progress.advance(task, n))
         return moved, len(entries)
 
-    moved, selected = with_redis(settings, work)
-    typer.echo(f"replayed {moved} of {selected} dead letter(s) to {keys.stream}")
+    try:
+        moved, selected = with_redis(settings, work)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="ENTRY_IDS") from None
+    target = "the streams of their shards" if keys.sharded else keys.stream
+    typer.echo(f"replayed {moved} of {selected} dead letter(s) to {target}")
 
 
 @dlq_cli.command("purge")
@@ -74,10 +91,11 @@ def purge(
     reason: Annotated[str | None, typer.Option(help="Only dead letters with this dlq_reason.")] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
 ) -> None:
-    """Delete dead letters for good."""
+    """Delete dead letters for good (from every shard's DLQ)."""
     settings = load_settings()
     if not yes:
         what = f"dead letters with reason {reason!r}" if reason else "ALL dead letters"
-        typer.confirm(f"delete {what} from {settings.dlq_stream} for good?", abort=True)
-    purged = with_redis(settings, lambda client: dlq_purge(client, settings.dlq_stream, reason=reason))
+        where = "every shard's DLQ" if settings.stream_keys.sharded else settings.dlq_stream
+        typer.confirm(f"delete {what} from {where} for good?", abort=True)
+    purged = with_redis(settings, lambda client: dlq_purge(client, settings.stream_keys, reason=reason))
     typer.echo(f"purged {purged} dead letter(s)")

@@ -1,4 +1,4 @@
-"""`datastorage stream status`: the audit stream and its consumer group."""
+"""`datastorage stream status`: the audit stream (every shard of it) and its consumer group."""
 
 import json
 from typing import Annotated
@@ -13,13 +13,22 @@ stream_cli = typer.Typer(help="The audit stream and its consumer group.", no_arg
 
 @stream_cli.command("status")
 def status(as_json: Annotated[bool, typer.Option("--json", help="JSON, for scripts.")] = False) -> None:
-    """Length, lag, pending entries and their age, consumers and their idle time, DLQ depth."""
+    """Length, lag, pending entries and their age, consumers and their idle time, DLQ depth; with
+    a sharded stream, the totals and then each shard (and on a cluster, the master it lives on)."""
     settings = load_settings()
     found = with_redis(settings, lambda client: stream_status(client, settings.stream_keys))
     if as_json:
         typer.echo(json.dumps(found))
         return
-    typer.echo(f"stream {found['stream']}: {found['length']} entries; DLQ {found['dlq_stream']}: {found['dlq_depth']}")
+    if len(found["streams"]) == 1:
+        typer.echo(
+            f"stream {found['stream']}: {found['length']} entries; DLQ {found['dlq_stream']}: {found['dlq_depth']}"
+        )
+    else:
+        typer.echo(
+            f"stream {found['stream']} and {found['shards']} shards: {found['length']} entries; "
+            f"DLQs: {found['dlq_depth']}"
+        )
     for group in found["groups"]:
         typer.echo(
             f"group {group['name']}: lag {group['lag']}, pending {group['pending']}"
@@ -27,3 +36,11 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="JSON, for scrip
         )
         for consumer in group["consumers"]:
             typer.echo(f"  consumer {consumer['name']}: pending {consumer['pending']}, idle {consumer['idle_s']} s")
+    if len(found["streams"]) > 1:
+        for stream in found["streams"]:
+            where = f" on {stream['node']}" if "node" in stream else ""
+            groups = ", ".join(f"{g['name']} lag {g['lag']} pending {g['pending']}" for g in stream["groups"])
+            typer.echo(
+                f"  {stream['stream']}{where}: {stream['length']} entries, DLQ {stream['dlq_depth']}"
+                + (f"; {groups}" if groups else "")
+            )

@@ -65,6 +65,26 @@ AUDIT_UNSEALED_ROWS = Gauge(
 AUDIT_UNSEALED_OLDEST_AGE = Gauge(
     "datastorage_audit_unsealed_oldest_age_seconds", "Age of the oldest audit row not yet under a signed checkpoint."
 )
+DB_READS = Counter(
+    "datastorage_db_reads_total",
+    "Audit queries and playbook searches by where they ran: primary or replica (app/core/read_replicas.py).",
+    ["target"],
+)
+READ_REPLICA_FALLBACKS = Counter(
+    "datastorage_read_replica_fallbacks_total",
+    "Reads that failed on a read replica and were answered by the primary, by replica.",
+    ["replica"],
+)
+READ_REPLICA_LAG_BYTES = Gauge(
+    "datastorage_read_replica_lag_bytes",
+    "WAL bytes between the primary's current position and the replica's replay position (NaN: unknown).",
+    ["replica"],
+)
+READ_REPLICA_USABLE = Gauge(
+    "datastorage_read_replica_usable",
+    "1 when the replica answers and its lag is within DATASTORAGE_READ_REPLICA_MAX_LAG_BYTES, else 0.",
+    ["replica"],
+)
 DB_CONNECTIONS_IN_USE = Gauge("datastorage_db_connections_in_use", "Postgres connections of this process in use.")
 
 HTTP_REQUESTS = Counter(

