@@ -7,7 +7,9 @@ import redis.asyncio as aioredis
 import typer
 from rich.progress import Progress
 
+from app.audit.self_audit import Action
 from app.cli.common import load_settings, with_redis
+from app.cli.self_audit import record_cli_action
 from app.streams.operations import dlq_list, dlq_purge, dlq_replay, dlq_show, iterate_dlq
 
 dlq_cli = typer.Typer(help="The dead-letter stream: inspect, replay, purge.", no_args_is_help=True)
@@ -67,6 +69,13 @@ def replay(
 
     moved, selected = with_redis(settings, work)
     typer.echo(f"replayed {moved} of {selected} dead letter(s) to {keys.stream}")
+    record_cli_action(
+        settings,
+        Action.DLQ_REPLAYED,
+        resource_type="dlq",
+        resource_id=keys.dlq,
+        data={"replayed": moved, "selected": selected, "reason": reason, "entry_ids": (entry_ids or [])[:100]},
+    )
 
 
 @dlq_cli.command("purge")
@@ -81,3 +90,10 @@ def purge(
         typer.confirm(f"delete {what} from {settings.dlq_stream} for good?", abort=True)
     purged = with_redis(settings, lambda client: dlq_purge(client, settings.dlq_stream, reason=reason))
     typer.echo(f"purged {purged} dead letter(s)")
+    record_cli_action(
+        settings,
+        Action.DLQ_PURGED,
+        resource_type="dlq",
+        resource_id=settings.dlq_stream,
+        data={"purged": purged, "reason": reason},
+    )

@@ -37,8 +37,15 @@ def consume() -> None:
 def serve() -> None:
     """Serve the HTTP API (audit queries and writes, health) on DATASTORAGE_HTTP_PORT."""
     from app.api.server import serve as serve_api
+    from app.api.tokens import TokenFileError
+    from app.core.settings import MissingSetting
 
-    serve_api(_service_settings())
+    try:
+        serve_api(_service_settings())
+    except (TokenFileError, MissingSetting) as error:
+        # Access control that cannot be set up as configured: refuse to start, saying why.
+        typer.echo(f"serve: {error}", err=True)
+        raise typer.Exit(2) from None
 
 
 def migrate() -> None:
