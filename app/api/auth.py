@@ -11,7 +11,7 @@ Handlers read who is asking with `identity_of(request)` (e.g. `placed_by` of a l
 Without tokens configured every request passes, as the client's address with every right.
 """
 
-from typing import Protocol
+from typing import Protocol, cast
 
 import structlog
 from starlette.requests import Request
@@ -75,47 +75,37 @@ class Authorization:
             await self._pass(anonymous(scope), scope, receive, send)
             return
         request = Request(scope)
-        try:
-            identity, denial = await self._check(request, requirement)
-        except AuthUnavailable as error:
-            problem = Problem(503, f"{error}; retry later", headers={"Retry-After": str(RETRY_AFTER_S)})
-            await problem_response(request, problem)(scope, receive, send)
+        decision = await self._decide(self.authenticator, request, requirement)
+        if isinstance(decision, Problem):
+            await problem_response(request, decision)(scope, receive, send)
             return
+        await self._pass(decision, scope, receive, send)
+
+    async def _decide(self, authenticator: Authenticator, request: Request, requirement: str) -> Identity | Problem:
+        """The request's identity if it may go on; otherwise the problem that answers it."""
+        try:
+            token = bearer_token(request)
+            identity = await authenticator.authenticate(token) if token else None
+            denial = None
+            if identity is not None and requirement != AUTHENTICATED:
+                denial = await authenticator.authorize(identity, cast(AccessScope, requirement))
+        except AuthUnavailable as error:
+            return Problem(503, f"{error}; retry later", headers={"Retry-After": str(RETRY_AFTER_S)})
+        where, client = f"{request.method} {request.url.path}", client_address(request.scope)
         if identity is None:
-            self.denials.count(
-                client_address(scope), False, 401, f"{request.method} {request.url.path}", client_address(scope)
-            )
-            problem = Problem(
+            self.denials.count(client, False, 401, where, client)
+            return Problem(
                 401,
                 "a valid bearer token is required (Authorization: Bearer <token>)",
                 headers={"WWW-Authenticate": 'Bearer realm="datastorage"'},
             )
-            await problem_response(request, problem)(scope, receive, send)
-            return
         if denial is not None:
-            self.denials.count(
-                identity.name,
-                True,
-                403,
-                f"{request.method} {request.url.path}",
-                client_address(scope),
-                denial.get("scope"),
-            )
+            self.denials.count(identity.name, True, 403, where, client, denial["scope"])
             how = f" (Kubernetes RBAC verb {denial['verb']})" if "verb" in denial else ""
-            detail = f"{identity.name} may not do this: it needs the scope {denial.get('scope')}{how}"
-            problem = Problem(403, detail)
+            problem = Problem(403, f"{identity.name} may not do this: it needs the scope {denial['scope']}{how}")
             problem.extensions.update(denial)
-            await problem_response(request, problem)(scope, receive, send)
-            return
-        await self._pass(identity, scope, receive, send)
-
-    async def _check(self, request: Request, requirement: str) -> tuple[Identity | None, dict[str, str] | None]:
-        assert self.authenticator is not None
-        token = bearer_token(request)
-        identity = await self.authenticator.authenticate(token) if token else None
-        if identity is None or requirement == AUTHENTICATED:
-            return identity, None
-        return identity, await self.authenticator.authorize(identity, requirement)  # type: ignore[arg-type]
+            return problem
+        return identity
 
     async def _pass(self, identity: Identity, scope: Scope, receive: Receive, send: Send) -> None:
         scope.setdefault("state", {})["identity"] = identity
