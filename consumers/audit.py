@@ -1,35 +1,47 @@
 """The audit consumer: a FastStream app reading `audit_events` in batches as group `datastorage`.
 
-FastStream owns the broker, the read loop over new entries (`>`), the app's lifecycle and signals,
-and the AsyncAPI description. The rest is ours (docs/FASTSTREAM.md): acknowledgement after
-commit (`AckPolicy.MANUAL`, XACK by id), recovery of pending entries, claiming, trimming.
+FastStream owns the broker connection, the app's lifecycle and signals, and the AsyncAPI
+description of the stream. The reading is ours (docs/FASTSTREAM.md): FastStream's group
+subscriber reads a fixed COUNT with no byte bound, re-reads nothing pending, and stops for good
+(exit code 0) when the group is deleted. consumers/reader.py reads batches bounded by bytes;
+this module runs the read loop, the recovery of this consumer's pending entries, the claiming of
+others' idle ones, the stream's upkeep, and the checkpoints of the seal chain.
 
-    app = create_app(settings)   # `datastorage consume` runs it; `datastorage run` starts it in-process
+    consumer = AuditConsumer(settings, signer)   # `datastorage consume` runs consumer.app
 """
 
 import asyncio
 import logging
 
 import asyncpg
+import redis
 import redis.asyncio as aioredis
 import structlog
-from faststream import AckPolicy, FastStream
+from faststream import FastStream
 from faststream.redis import RedisBroker, StreamSub
-from faststream.redis.annotations import RedisBatchStreamMessage
-from faststream.redis.message import RedisBatchStreamMessage as BatchMessage
 from faststream.specification import AsyncAPI
 
+from app.audit.integrity.checkpoints import Checkpointer
+from app.audit.integrity.keys import Signer
 from app.audit.store import AuditStore
 from app.core import metrics
 from app.core.db import asyncpg_dsn
 from app.core.settings import Settings
-from consumers.ingestor import AuditIngestor, entries_from_redis
-from consumers.upkeep import claim_idle_entries, ensure_group, recover_own_pending, run_periodically, upkeep_stream
+from app.streams.attempts import Attempts, marker_key
+from consumers.ingestor import AuditIngestor
+from consumers.reader import StreamReader
+from consumers.upkeep import (
+    claim_idle_entries,
+    ensure_group,
+    recover_own_pending,
+    recreate_group,
+    run_periodically,
+    upkeep_stream,
+)
 
 log = structlog.get_logger(__name__)
-# Through the root logger, so FastStream's lines come out in the service's format (app/logs.py).
+# Through the root logger, so FastStream's lines come out in the service's format (app/core/logs.py).
 FASTSTREAM_LOGGER = logging.getLogger("faststream.datastorage")
-
 
 STREAM_DESCRIPTION = (
     "Audit events from every service of the platform, XADDed as flat string fields (read as a "
@@ -42,41 +54,46 @@ STREAM_DESCRIPTION = (
     "resource_name, correlation_id, parent_event_id (UUID), trace_id, span_id, event_data and "
     "metadata (JSON objects as text). No other field, and never one named data."
 )
+# How long a failed read waits before the next one (Redis away).
+READ_RETRY_S = 1.0
 
 
 class AuditConsumer:
     """The consumer's parts and their lifecycle; FastStream's hooks call these in order."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, signer: Signer | None):
         self.settings = settings
+        self.signer = signer
         self.broker = RedisBroker(
             settings.require_redis_url(),
             graceful_timeout=settings.shutdown_timeout_s,
             logger=FASTSTREAM_LOGGER,
-            # FastStream logs every batch at INFO otherwise.
             log_level=logging.DEBUG,
         )
         self.redis = aioredis.from_url(settings.require_redis_url())
+        self.reader = StreamReader(
+            self.redis, settings.stream, settings.consumer_group, settings.consumer_name,
+            marker_key(settings.stream, settings.consumer_name), max_records=settings.batch_max_records,
+            max_bytes=settings.batch_max_bytes, max_entry_bytes=settings.max_entry_bytes,
+        )  # fmt: skip
+        self.app = FastStream(
+            self.broker,
+            logger=FASTSTREAM_LOGGER,
+            specification=AsyncAPI(
+                title="Data Storage Service: audit ingestion",
+                description="Consumes the unified audit stream into Postgres; dead letters go to audit_dlq.",
+            ),
+        )
+        self.app.on_startup(self.prepare)
+        self.app.after_startup(self.start_background)
+        self.app.on_shutdown(self.begin_shutdown)
+        self.app.after_shutdown(self.close)
         self.pool: asyncpg.Pool | None = None
         self._ingestor: AuditIngestor | None = None
-        self._stop_background = asyncio.Event()
+        self._stop = asyncio.Event()
         self._background: list[asyncio.Task] = []
-
-        subscriber = self.broker.subscriber(
-            stream=StreamSub(
-                settings.stream,
-                group=settings.consumer_group,
-                consumer=settings.consumer_name,
-                batch=True,
-                max_records=settings.batch_max_records,
-                polling_interval=settings.batch_wait_ms,
-            ),
-            ack_policy=AckPolicy.MANUAL,
-            parser=self._keep_raw_entries,
-            title="audit_events",
-            description=STREAM_DESCRIPTION,
-        )
-        subscriber(self._store_batch)
+        # Set when a fatal error stopped the consumer: the process exits non-zero.
+        self.failed = asyncio.Event()
 
     @property
     def ingestor(self) -> AuditIngestor:
@@ -84,58 +101,79 @@ class AuditConsumer:
             raise RuntimeError("the consumer has not started")
         return self._ingestor
 
-    async def _keep_raw_entries(self, raw: dict, _default_parser) -> BatchMessage:
-        # The handler reads the raw entries itself; FastStream's body decoding is made for its
-        # own envelope (the field `data`) and would only cost time here.
-        return BatchMessage(raw_message=raw, body=b"", consumer=self.redis, group=self.settings.consumer_group)
-
-    async def _store_batch(self, msg: RedisBatchStreamMessage) -> None:
-        raw = msg.raw_message
-        await self.ingestor.process(entries_from_redis(list(zip(raw["message_ids"], raw["data"], strict=True))))
+    async def run(self) -> int:
+        """Runs until SIGINT/SIGTERM or a fatal error; returns the process's exit code."""
+        await self.app.run()
+        return 1 if self.failed.is_set() else 0
 
     async def prepare(self) -> None:
-        """Before the broker reads: storage, the group, and this consumer's own pending entries."""
+        """Before reading: storage, the group, and this consumer's own pending entries."""
         # min_size=0: the consumer starts (and Redis keeps buffering) while Postgres is down.
         self.pool = await asyncpg.create_pool(
             asyncpg_dsn(self.settings.require_database_url()), min_size=0, max_size=self.settings.db_pool_size
         )
-        metrics.DB_CONNECTIONS_IN_USE.set_function(
-            lambda: self.pool.get_size() - self.pool.get_idle_size() if self.pool else 0
-        )
-        self._ingestor = AuditIngestor(self.settings, self.redis, AuditStore(self.pool))
-        await ensure_group(self.redis, self.settings)
-        log.info("consumer_starting", consumer=self.settings.consumer_name, stream=self.settings.stream)
-        # Before the subscriber reads anything new: otherwise the history read would deliver
-        # its first batch a second time.
-        await recover_own_pending(self.ingestor)
+        pool = self.pool
+        metrics.DB_CONNECTIONS_IN_USE.set_function(lambda: pool.get_size() - pool.get_idle_size())
+        attempts = Attempts(self.redis, self.settings.stream, self.settings.consumer_group, self.settings.consumer_name)
+        self._ingestor = AuditIngestor(self.settings, self.redis, AuditStore(pool, self.signer), attempts)
+        await ensure_group(self.redis, self.settings.stream, self.settings.consumer_group)
+        log.info("consumer_starting", consumer=self.settings.consumer_name, stream=self.settings.stream,
+                 sealing=self.signer is not None)  # fmt: skip
+        # Before anything new is read: the pending entries first, in order.
+        await recover_own_pending(self.ingestor, self.reader)
 
     async def start_background(self) -> None:
+        stop, settings = self._stop, self.settings
         self._background = [
-            asyncio.create_task(
-                run_periodically(
-                    "claim",
-                    self.settings.claim_interval_s,
-                    self._stop_background,
-                    lambda: claim_idle_entries(self.ingestor),
-                )
-            ),
-            asyncio.create_task(
-                run_periodically(
-                    "stream_upkeep",
-                    self.settings.hygiene_interval_s,
-                    self._stop_background,
-                    lambda: upkeep_stream(self.redis, self.settings),
-                )
-            ),
-        ]
+            asyncio.create_task(self._read_new()),
+            asyncio.create_task(run_periodically(
+                "claim", settings.claim_interval_s, stop,
+                lambda: claim_idle_entries(self.ingestor, self.reader, settings.claim_idle_ms))),
+            asyncio.create_task(run_periodically(
+                "stream_upkeep", settings.hygiene_interval_s, stop, lambda: upkeep_stream(self.redis, settings))),
+        ]  # fmt: skip
+        if self.signer is not None and self.pool is not None:
+            checkpointer = Checkpointer(self.pool, self.redis, self.signer, settings)
+            self._background.append(asyncio.create_task(checkpointer.run(stop)))
+
+    async def _read_new(self) -> None:
+        """The read loop: new entries in batches, until stopped; a fatal error stops the app."""
+        try:
+            while not self._stop.is_set():
+                try:
+                    batch = await self.ingestor.read_and_process(lambda: self.reader.read("new"), redelivered=False)
+                except (redis.ConnectionError, redis.TimeoutError) as error:
+                    log.warning("stream_read_failed", error=f"{type(error).__name__}: {error}")
+                    await self._pause(READ_RETRY_S)
+                    continue
+                except redis.ResponseError as error:
+                    if "NOGROUP" not in str(error):
+                        raise
+                    await recreate_group(self.redis, self.settings.stream, self.settings.consumer_group)
+                    continue
+                if not batch.entries:
+                    await self._pause(self.settings.batch_wait_ms / 1000)
+        except Exception as error:
+            metrics.CONSUMER_FATAL_ERRORS.inc()
+            log.critical("consumer_failed", error=f"{type(error).__name__}: {error}", exc_info=True)
+            self.failed.set()
+            self.app.exit()
+
+    async def _pause(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        except TimeoutError:
+            pass
 
     async def begin_shutdown(self) -> None:
         """Stop reading: a batch waiting for a retry gives up (stays pending); one being written
-        finishes (FastStream waits up to graceful_timeout)."""
+        finishes."""
         if self._ingestor is not None:  # None when stopped before start-up finished
             self._ingestor.stopping.set()
-        self._stop_background.set()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        self._stop.set()
+        done, running = await asyncio.wait(self._background, timeout=self.settings.shutdown_timeout_s)
+        for task in running:
+            task.cancel()
 
     async def close(self) -> None:
         if self.pool is not None:
@@ -144,24 +182,23 @@ class AuditConsumer:
         log.info("consumer_stopped", consumer=self.settings.consumer_name)
 
 
-def create_app(settings: Settings) -> FastStream:
-    consumer = AuditConsumer(settings)
-    app = FastStream(
-        consumer.broker,
-        logger=FASTSTREAM_LOGGER,
-        specification=AsyncAPI(
-            title="Data Storage Service: audit ingestion",
-            description="Consumes the unified audit stream into Postgres; dead letters go to audit_dlq.",
-        ),
-    )
-    app.on_startup(consumer.prepare)
-    app.after_startup(consumer.start_background)
-    app.on_shutdown(consumer.begin_shutdown)
-    app.after_shutdown(consumer.close)
-    return app
-
-
 def asyncapi_app() -> FastStream:
-    """The app as documented (`faststream docs gen --factory consumers.audit:asyncapi_app`):
-    built from the default settings, with a placeholder Redis URL; nothing connects."""
-    return create_app(Settings(redis_url="redis://redis:6379/0", consumer_name="datastorage-consumer"))
+    """The stream as documented (`faststream docs gen --factory consumers.audit:asyncapi_app`):
+    the channel the consumer reads, declared as a FastStream subscriber so that FastStream
+    describes it; the running consumer reads it with consumers/reader.py. Nothing connects."""
+    settings = Settings(redis_url="redis://redis:6379/0", consumer_name="datastorage-consumer")
+    consumer = AuditConsumer(settings, signer=None)
+    subscriber = consumer.broker.subscriber(
+        stream=StreamSub(
+            settings.stream, group=settings.consumer_group, consumer=settings.consumer_name, batch=True,
+            max_records=settings.batch_max_records, polling_interval=settings.batch_wait_ms,
+        ),
+        title="audit_events",
+        description=STREAM_DESCRIPTION,
+    )  # fmt: skip
+
+    @subscriber
+    async def store_batch(entries: list[dict[str, str]]) -> None:
+        """Each entry becomes a row of audit_events, or a dead letter in audit_dlq."""
+
+    return consumer.app

@@ -1,11 +1,13 @@
 """From stream entries to rows or dead letters, then acknowledged: the consumer's one job.
 
-Per batch: entries delivered too often, deleted or invalid become dead letters; the rest go to
-Postgres in one statement. The consumer acknowledges an entry only after its row is committed or
-its dead letter is written. When Postgres (or Redis) is unwell the batch stays in hand and is
-retried with exponential backoff and jitter, and no new entries are read meanwhile (one batch at a
-time per process): the stream is the buffer. When particular entries make the write fail, the batch
-is split in halves until those entries are found; only they are dead-lettered.
+Per batch: entries deleted from the stream, too large, invalid, or that made consumers fail
+`max_deliveries` times become dead letters; the rest go to Postgres in one transaction
+(app/audit/store.py), where a redelivered event is a no-op and a different event under a stored
+id is refused. The consumer acknowledges an entry only after its row is committed or its dead
+letter is written. When Postgres (or Redis) is unwell the batch stays in hand and is retried with
+exponential backoff and jitter, and no new entries are read meanwhile (one batch at a time per
+process): the stream is the buffer. When particular entries make the write fail, the batch is split
+in halves until those entries are found; only they are dead-lettered.
 """
 
 import asyncio
@@ -13,27 +15,32 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import redis
 import redis.asyncio as aioredis
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
-from app.audit.event import AuditEvent
+from app.audit.identity import Submission
 from app.audit.store import AuditStore
-from app.audit.wire import InvalidEntry, decode_entry
+from app.audit.wire import InvalidEntry, decode
 from app.core import metrics
 from app.core.settings import Settings
 from app.core.sqlstate import ErrorKind, classify, describe
+from app.streams.attempts import Attempts
 from app.streams.dlq import (
+    REASON_DUPLICATE_EVENT_ID,
     REASON_ENTRY_DELETED,
     REASON_MAX_DELIVERIES,
     REASON_PERMANENT_DB_ERROR,
+    REASON_TOO_LARGE,
     REASON_VALIDATION,
     DeadLetter,
     dead_letter,
 )
-from app.streams.ids import as_text, entry_id_key, entry_id_time
+from app.streams.ids import entry_id_time
+from consumers.reader import Entry, Read
 
 log = structlog.get_logger(__name__)
 
@@ -43,123 +50,125 @@ AMBIGUOUS_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
-class Entry:
-    id: str
-    # None when the entry was deleted from the stream after it was delivered.
-    fields: dict[bytes, bytes] | None
+class Pending:
+    """An entry that decoded into an event, waiting for its row."""
 
-
-def entries_from_redis(raw: Sequence[tuple]) -> list[Entry]:
-    return [Entry(as_text(entry_id), fields) for entry_id, fields in raw]
+    entry: Entry
+    submission: Submission
+    failures: int
 
 
 class AuditIngestor:
-    def __init__(self, settings: Settings, redis: aioredis.Redis, store: AuditStore):
+    def __init__(self, settings: Settings, redis: aioredis.Redis, store: AuditStore, attempts: Attempts):
         self.settings = settings
+        self.stream, self.group, self.consumer = settings.stream, settings.consumer_group, settings.consumer_name
         self.redis = redis
         self.store = store
+        self.attempts = attempts
         self.stopping = asyncio.Event()
         # One batch at a time: while a batch waits for Postgres, nothing new is read or claimed.
         self._one_batch_at_a_time = asyncio.Lock()
 
-    async def process(self, entries: Sequence[Entry], *, redelivered: bool = False) -> None:
-        async with self._one_batch_at_a_time:
-            await self._process(entries, redelivered=redelivered)
-
-    async def read_and_process(self, read: Callable[[], Awaitable[list[Entry]]], *, redelivered: bool = True) -> int:
-        """Reads (claims) entries and processes them without letting another batch in between,
+    async def read_and_process(self, read: Callable[[], Awaitable[Read]], *, redelivered: bool) -> Read:
+        """Reads (or claims) a batch and processes it without letting another batch in between,
         so that claimed entries never sit idle in this consumer waiting for their turn."""
         async with self._one_batch_at_a_time:
-            entries = await read()
-            if entries:
-                await self._process(entries, redelivered=redelivered)
-            return len(entries)
+            batch = await read()
+            if batch.entries:
+                await self._process(batch.entries, redelivered=redelivered)
+            return batch
 
     async def _process(self, entries: Sequence[Entry], *, redelivered: bool) -> None:
         metrics.AUDIT_BATCH_SIZE.observe(len(entries))
-        deliveries = await self._delivery_counts(entries) if redelivered else {}
+        ids = [entry.id for entry in entries]
+        failures = await self.attempts.failures_of(ids) if redelivered else {}
+        try:
+            letters, pending = self._sort(entries, failures)
+            async for attempt in self._retrying(ids):
+                with attempt:
+                    isolate = attempt.retry_state.attempt_number > AMBIGUOUS_ATTEMPTS
+                    letters += await self._store(pending, isolate_ambiguous=isolate)
+            async for attempt in self._retrying(ids):
+                with attempt:
+                    await self._dead_letter(letters)
+            await self.attempts.pause()
+            if failures:
+                await self.attempts.forget(failures)
+        except Exception as error:
+            if self.stopping.is_set():
+                await self._leave_pending(entries)
+                return
+            if classify(error) is not ErrorKind.TRANSIENT:
+                # Not the database, not the network: whatever it was, these entries were in it.
+                await self.attempts.count_failure(ids)
+                await self.attempts.pause()
+            raise
+
+    def _sort(self, entries: Sequence[Entry], failures: dict[str, int]) -> tuple[list[DeadLetter], list[Pending]]:
+        """Dead letters for what can never be stored; the rest decoded, waiting for their rows."""
         letters: list[DeadLetter] = []
-        valid: list[tuple[Entry, AuditEvent]] = []
+        pending: list[Pending] = []
+        now = datetime.now(UTC)
+        limits = self.settings.validation_limits
         for entry in entries:
-            count = deliveries.get(entry.id, 1)
-            if entry.fields is None:
-                letters.append(
-                    DeadLetter(
-                        entry.id,
-                        {},
-                        REASON_ENTRY_DELETED,
-                        "the entry was deleted from the stream before it was stored",
-                        count,
-                    )
-                )
-            elif count > self.settings.max_deliveries:
-                letters.append(
-                    DeadLetter(
-                        entry.id,
-                        entry.fields,
-                        REASON_MAX_DELIVERIES,
-                        f"delivered {count} times without being stored",
-                        count,
-                    )
-                )
+            failed = failures.get(entry.id, 0)
+            count = failed + 1
+            if not entry.fields:
+                deleted = "the entry was deleted from the stream before it was stored"
+                letters.append(DeadLetter(entry.id, {}, REASON_ENTRY_DELETED, deleted, count))
+            elif entry.oversized_digest is not None:
+                letters.append(DeadLetter(
+                    entry.id, entry.fields, REASON_TOO_LARGE,
+                    f"the entry is {entry.size} bytes, more than the {self.settings.max_entry_bytes} a storable "
+                    f"event can take; its fields are cut short (SHA-1 of the fields' SHA-1s: {entry.oversized_digest})",
+                    count))  # fmt: skip
+            elif failed >= self.settings.max_deliveries:
+                failing = f"{failed} attempts to store it ended in a crash or an error"
+                letters.append(DeadLetter(entry.id, entry.fields, REASON_MAX_DELIVERIES, failing, count))
             else:
                 try:
-                    event = decode_entry(self.settings.stream, entry.id, entry.fields, self.settings.validation_limits)
+                    submission = decode(self.stream, entry.id, entry.fields, limits, now=now)
                 except InvalidEntry as error:
                     letters.append(DeadLetter(entry.id, entry.fields, REASON_VALIDATION, str(error), count))
                 else:
-                    valid.append((entry, event))
-        held = [entry.id for entry in entries]
-        try:
-            async for attempt in self._retrying(held):
-                with attempt:
-                    isolate = attempt.retry_state.attempt_number > AMBIGUOUS_ATTEMPTS
-                    failed = await self._store(valid, deliveries, isolate_ambiguous=isolate)
-            async for attempt in self._retrying(held):
-                with attempt:
-                    await self._dead_letter(letters + failed)
-        except Exception:
-            if not self.stopping.is_set():
-                raise
-            log.warning("batch_left_pending_at_shutdown", entries=len(entries))
+                    pending.append(Pending(entry, submission, failed))
+        return letters, pending
 
-    async def _store(
-        self, pairs: list[tuple[Entry, AuditEvent]], deliveries: dict[str, int], *, isolate_ambiguous: bool
-    ) -> list[DeadLetter]:
-        """Stores and acknowledges `pairs`; returns the entries the database refuses."""
-        if not pairs:
+    async def _store(self, pending: list[Pending], *, isolate_ambiguous: bool) -> list[DeadLetter]:
+        """Stores and acknowledges `pending`; returns dead letters for the entries refused."""
+        if not pending:
             return []
         started = time.perf_counter()
         try:
-            inserted = await self.store.insert([event for _, event in pairs])
+            result = await self.store.insert([p.submission for p in pending])
         except Exception as error:
             kind = classify(error)
             metrics.AUDIT_WRITE_ERRORS.labels(kind.value).inc()
             if kind is ErrorKind.TRANSIENT or (kind is ErrorKind.AMBIGUOUS and not isolate_ambiguous):
                 raise
-            if len(pairs) == 1:
-                entry, event = pairs[0]
-                return [
-                    DeadLetter(
-                        entry.id,
-                        entry.fields or {},
-                        REASON_PERMANENT_DB_ERROR,
-                        describe(error),
-                        deliveries.get(entry.id, 1),
-                    )
-                ]
-            middle = len(pairs) // 2
-            return await self._store(
-                pairs[:middle], deliveries, isolate_ambiguous=isolate_ambiguous
-            ) + await self._store(pairs[middle:], deliveries, isolate_ambiguous=isolate_ambiguous)
+            if len(pending) == 1:
+                [refused] = pending
+                return [DeadLetter(refused.entry.id, refused.entry.fields, REASON_PERMANENT_DB_ERROR, describe(error),
+                                   refused.failures + 1)]  # fmt: skip
+            middle = len(pending) // 2
+            return await self._store(pending[:middle], isolate_ambiguous=isolate_ambiguous) + await self._store(
+                pending[middle:], isolate_ambiguous=isolate_ambiguous
+            )
         committed = time.time()
         metrics.AUDIT_WRITE_DURATION.observe(time.perf_counter() - started)
-        metrics.AUDIT_WRITES.labels("stored").inc(inserted)
-        metrics.AUDIT_WRITES.labels("duplicate").inc(len(pairs) - inserted)
-        for entry, _ in pairs:
-            metrics.AUDIT_END_TO_END_LATENCY.observe(committed - entry_id_time(entry.id).timestamp())
-        await self.redis.xack(self.settings.stream, self.settings.consumer_group, *(e.id for e, _ in pairs))
-        return []
+        metrics.AUDIT_WRITES.labels("stored").inc(len(result.stored))
+        metrics.AUDIT_WRITES.labels("duplicate").inc(len(result.duplicates))
+        for p in pending:
+            metrics.AUDIT_END_TO_END_LATENCY.observe(committed - entry_id_time(p.entry.id).timestamp())
+        conflicting = {id(s) for s in result.conflicts}
+        acknowledged = [p.entry.id for p in pending if id(p.submission) not in conflicting]
+        if acknowledged:
+            await self.redis.xack(self.stream, self.group, *acknowledged)
+        return [
+            DeadLetter(p.entry.id, p.entry.fields, REASON_DUPLICATE_EVENT_ID,
+                       f"event_id {p.submission.event.event_id} is stored already for another event", p.failures + 1)
+            for p in pending if id(p.submission) in conflicting
+        ]  # fmt: skip
 
     async def _dead_letter(self, letters: list[DeadLetter]) -> None:
         if not letters:
@@ -167,9 +176,9 @@ class AuditIngestor:
         written = await dead_letter(
             self.redis,
             letters,
-            source_stream=self.settings.stream,
-            group=self.settings.consumer_group,
-            consumer=self.settings.consumer_name,
+            source_stream=self.stream,
+            group=self.group,
+            consumer=self.consumer,
             dlq_stream=self.settings.dlq_stream,
         )
         for letter in written:
@@ -185,18 +194,12 @@ class AuditIngestor:
                 correlation_id=correlation_id,
             )
 
-    async def _delivery_counts(self, entries: Sequence[Entry]) -> dict[str, int]:
-        """How often each entry was delivered, from XPENDING (FastStream does not expose it)."""
-        ids = sorted(entries, key=lambda e: entry_id_key(e.id))
-        pending = await self.redis.xpending_range(
-            self.settings.stream,
-            self.settings.consumer_group,
-            min=ids[0].id,
-            max=ids[-1].id,
-            count=len(entries) * 2 + 100,
-            consumername=self.settings.consumer_name,
-        )
-        return {as_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
+    async def _leave_pending(self, entries: Sequence[Entry]) -> None:
+        """At shutdown: the batch stays pending for this consumer's next start (or a claim); it
+        was not the entries' fault, so no failure is counted."""
+        with contextlib.suppress(redis.RedisError):
+            await self.attempts.pause()
+        log.warning("batch_left_pending_at_shutdown", entries=len(entries))
 
     def _retrying(self, held: list[str]) -> AsyncRetrying:
         async def before_retry(state: RetryCallState) -> None:
@@ -212,7 +215,16 @@ class AuditIngestor:
                 wait_s=round(state.upcoming_sleep, 2),
                 entries=len(held),
             )
+            # Waiting is not an attempt: a crash while waiting is not the entries' fault.
+            with contextlib.suppress(redis.RedisError):
+                await self.attempts.pause()
             await self._keep_in_hand(held)
+
+        async def after_wait(state: RetryCallState) -> None:
+            # The first attempt was announced by the read; a retry after a wait is announced again.
+            if state.attempt_number > 1:
+                with contextlib.suppress(redis.RedisError):
+                    await self.attempts.begin(held)
 
         return AsyncRetrying(
             retry=retry_if_exception(lambda error: classify(error) is not ErrorKind.PERMANENT),
@@ -220,6 +232,7 @@ class AuditIngestor:
             stop=lambda _: self.stopping.is_set(),
             sleep=self._sleep_unless_stopping,
             before_sleep=before_retry,
+            before=after_wait,
             reraise=True,
         )
 
@@ -228,12 +241,7 @@ class AuditIngestor:
         delivery), so no other consumer claims a batch that is only waiting for Postgres."""
         with contextlib.suppress(redis.RedisError):
             await self.redis.xclaim(
-                self.settings.stream,
-                self.settings.consumer_group,
-                self.settings.consumer_name,
-                min_idle_time=0,
-                message_ids=entry_ids,
-                justid=True,
+                self.stream, self.group, self.consumer, min_idle_time=0, message_ids=entry_ids, justid=True
             )
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:

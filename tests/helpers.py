@@ -27,6 +27,7 @@ import redis
 import redis.asyncio as aioredis
 
 from app.api.app import create_app
+from app.audit.identity import Submission
 from app.audit.record import COLUMNS, row_values
 from app.audit.wire import decode_entry, encode_event
 from app.core.settings import PROJECT_ROOT
@@ -64,6 +65,11 @@ def event(n: int = 0, **fields: Any) -> AuditEvent:
 def events(count: int, **fields: Any) -> list[AuditEvent]:
     """`count` events, a hundred per correlation (rem-0, rem-1, …)."""
     return [event(n, **{"correlation_id": f"rem-{n // 100}", **fields}) for n in range(count)]
+
+
+def submitted(batch: list[AuditEvent]) -> list[Submission]:
+    """Events as their producer submitted them, every field sent (what AuditStore.insert takes)."""
+    return [Submission(e) for e in batch]
 
 
 def body_of(e: AuditEvent) -> dict:

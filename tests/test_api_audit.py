@@ -13,7 +13,7 @@ from app.audit.partitions import ensure_partitions
 from app.audit.query import AuditQuery, build_select
 from app.audit.store import AuditStore
 from app.audit.wire import decode_entry
-from tests.helpers import EVENTS, assert_problem, body_of, client_for, event
+from tests.helpers import EVENTS, assert_problem, body_of, client_for, event, submitted
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ async def test_each_filter_selects_exactly_its_events(api, store):
                     service_name="wf-controller", correlation_id="rem-7", resource_type="workflow",
                     resource_id="wf-9", actor_type="controller", actor_id="ctrl-1",
                     parent_event_id=parent, trace_id="t-1")
-    await store.insert([special] + [event(n) for n in range(2, 12)])
+    await store.insert(submitted([special] + [event(n) for n in range(2, 12)]))
     for name, value in [("event_type", "workflow.failed"), ("event_category", "workflow"),
                         ("event_outcome", "failure"), ("service_name", "wf-controller"),
                         ("correlation_id", "rem-7"), ("resource_type", "workflow"),
@@ -45,7 +45,7 @@ async def test_each_filter_selects_exactly_its_events(api, store):
 
 async def test_an_event_reads_back_as_it_was_written(api, store):
     written = event(3, correlation_id="rem-1", metadata={"source": "test"}, service_version="v1.2")
-    await store.insert([written])
+    await store.insert(submitted([written]))
     [read] = (await api.get(EVENTS)).json()["data"]
     assert read["event_id"] == str(written.event_id)
     assert datetime.fromisoformat(read["event_timestamp"]) == written.event_timestamp
@@ -60,8 +60,8 @@ async def test_an_event_reads_back_as_it_was_written(api, store):
 async def test_since_and_until_take_rfc3339_and_durations(api, store):
     now = datetime.now(UTC)
     ages = {"2m": timedelta(minutes=2), "3h": timedelta(hours=3), "2d": timedelta(days=2)}
-    await store.insert([event(n, event_timestamp=now - age, resource_id=label)
-                        for n, (label, age) in enumerate(ages.items())])
+    await store.insert(submitted([event(n, event_timestamp=now - age, resource_id=label)
+                                  for n, (label, age) in enumerate(ages.items())]))
 
     async def resource_ids(**params) -> set[str]:
         response = await api.get(EVENTS, params=params)
@@ -104,7 +104,7 @@ INJECTIONS = ["' OR '1'='1", "x'; DROP TABLE audit_events; --", "\\' UNION SELEC
                                   "event_outcome", "actor_type", "parent_event_id", "since", "until",
                                   "cursor", "order", "limit"])
 async def test_sql_injection_strings_do_nothing_but_a_400_or_an_empty_result(api, store, db, name):
-    await store.insert([event(n) for n in range(5)])
+    await store.insert(submitted([event(n) for n in range(5)]))
     for attack in INJECTIONS:
         response = await api.get(EVENTS, params={name: attack})
         assert response.status_code in (200, 400), response.text
@@ -117,7 +117,7 @@ async def test_sql_injection_strings_do_nothing_but_a_400_or_an_empty_result(api
 async def test_order_asc_reads_a_correlation_oldest_first(api, store):
     start = datetime.now(UTC) - timedelta(minutes=10)
     batch = [event(n, correlation_id="rem-1", event_timestamp=start + timedelta(seconds=n)) for n in range(5)]
-    await store.insert(list(reversed(batch)))
+    await store.insert(submitted(list(reversed(batch))))
     newest_first = (await api.get(EVENTS, params={"correlation_id": "rem-1"})).json()["data"]
     oldest_first = (await api.get(EVENTS, params={"correlation_id": "rem-1", "order": "asc"})).json()["data"]
     assert [e["resource_id"] for e in oldest_first] == [f"notif-{n}" for n in range(5)]
@@ -130,14 +130,14 @@ async def test_pages_cover_2500_rows_once_while_new_rows_arrive(api, store, orde
     # Pairs of events share a timestamp: the event_id breaks the tie.
     initial = [event(n, event_timestamp=start + timedelta(milliseconds=(n // 2) * 1000)) for n in range(2500)]
     for offset in range(0, 2500, 500):
-        await store.insert(initial[offset:offset + 500])
+        await store.insert(submitted(initial[offset:offset + 500]))
 
     arriving = True
 
     async def keep_inserting():
         n = 0
         while arriving:
-            await store.insert([event(10_000 + n, event_timestamp=datetime.now(UTC))])
+            await store.insert(submitted([event(10_000 + n, event_timestamp=datetime.now(UTC))]))
             n += 1
             await asyncio.sleep(0.005)
 
@@ -169,9 +169,9 @@ async def test_pages_cover_2500_rows_once_while_new_rows_arrive(api, store, orde
 async def test_pages_without_a_time_window_see_new_rows_only_on_the_first_page(api, store):
     """Newest first, new rows land before the cursor: later pages neither skip nor repeat."""
     base = datetime.now(UTC) - timedelta(minutes=5)
-    await store.insert([event(n, event_timestamp=base + timedelta(seconds=n)) for n in range(30)])
+    await store.insert(submitted([event(n, event_timestamp=base + timedelta(seconds=n)) for n in range(30)]))
     first = (await api.get(EVENTS, params={"limit": 10})).json()
-    await store.insert([event(100 + n) for n in range(5)])
+    await store.insert(submitted([event(100 + n) for n in range(5)]))
     second = (await api.get(EVENTS, params={"limit": 10, "cursor": first["pagination"]["next_cursor"]})).json()
     assert [e["resource_id"] for e in first["data"] + second["data"]] == [f"notif-{n}" for n in range(29, 9, -1)]
 

@@ -83,7 +83,8 @@ async def test_vector_extension_is_installed(db):
 
 async def test_audit_events_has_every_adr034_column(db):
     found = await columns(db, "audit_events")
-    assert set(found) == AUDIT_COLUMNS
+    # Every ADR-034 column, and the two the integrity seals need (docs/INTEGRITY.md).
+    assert set(found) == AUDIT_COLUMNS | {"seal_id", "integrity_salt"}
     assert found["event_id"] == "uuid"
     assert found["event_timestamp"] == "timestamp with time zone"
     assert found["event_date"] == "date"

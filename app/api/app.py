@@ -26,6 +26,7 @@ from app.api.openapi import openapi_document
 from app.api.problems import EXCEPTION_HANDLERS
 from app.api.ratelimit import RateLimit, token_buckets
 from app.api.resources import Resources
+from app.audit.integrity.keys import Signer
 from app.audit.record import record_json_schema
 from app.audit.store import AuditStore
 from app.audit.writer import AuditWriter
@@ -50,7 +51,8 @@ def api_document(auth: bool) -> dict[str, Any]:
     return openapi_document(OPERATIONS, auth=auth, extra_schemas={"AuditEventRecord": record_json_schema()})
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, signer: Signer | None = None) -> Starlette:
+    """The API; `signer` seals what the write-through path stores (unsealed without one)."""
     authenticator = authenticator_for(settings)
     denials = DeniedRequests(settings.audit_denied_threshold, settings.audit_denied_window_s)
     loader = shared_loader(settings.embedding_backend, settings.model_cache_dir)
@@ -70,7 +72,7 @@ def create_app(settings: Settings) -> Starlette:
             Middleware(RateLimit, buckets=token_buckets(settings.rate_limit_per_s, settings.rate_limit_burst)),
         ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
-        lifespan=lambda app: lifespan(app, settings, loader, authenticator, denials),
+        lifespan=lambda app: lifespan(app, settings, loader, signer, authenticator, denials),
     )
     app.state.auth = authenticator is not None
     if authenticator is None:
@@ -83,6 +85,7 @@ async def lifespan(
     app: Starlette,
     settings: Settings,
     loader: EmbedderLoader,
+    signer: Signer | None,
     authenticator: Authenticator | None,
     denials: DeniedRequests,
 ) -> AsyncIterator[None]:
@@ -90,7 +93,7 @@ async def lifespan(
     engine = create_engine(database_url, pool_size=settings.db_pool_size, json_deserializer=orjson.loads)
     client = aioredis.from_url(settings.require_redis_url(), socket_timeout=5, socket_connect_timeout=2)
     pool = await create_pool(database_url, min_size=0, max_size=settings.db_pool_size)
-    writer = AuditWriter(AuditProducer(client, settings.stream), AuditStore(pool))
+    writer = AuditWriter(AuditProducer(client, settings.stream), AuditStore(pool, signer))
     app.state.resources = Resources(settings, engine, pool, client, writer, loader)
     stop_worker = asyncio.Event()
     worker = asyncio.create_task(

@@ -16,6 +16,7 @@ from app.api.openapi import Operation, Reply
 from app.api.problems import Problem
 from app.api.resources import resources
 from app.audit.event import AuditEvent, ValidationLimits, describe_validation_error
+from app.audit.identity import DERIVABLE, Submission
 from app.audit.query import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
@@ -29,6 +30,7 @@ from app.audit.query import (
     parse_time_bound,
 )
 from app.audit.record import record_json
+from app.audit.store import DuplicateEventIds
 from app.audit.writer import StoresUnavailable
 
 MAX_EVENTS_PER_REQUEST = 1000
@@ -122,20 +124,21 @@ def trace_context(request: Request) -> dict[str, str]:
     return {"trace_id": match[1], "span_id": match[2]}
 
 
-def validate_events(items: list, limits: ValidationLimits, trace: dict[str, str]) -> list[AuditEvent]:
-    events = []
+def validate_events(items: list, limits: ValidationLimits, trace: dict[str, str]) -> list[Submission]:
+    submissions = []
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             raise Problem(400, f"item {index}: must be a JSON object", index=index)
         if trace and "trace_id" not in item:
             item = {**trace, **item}
         try:
-            events.append(AuditEvent.model_validate(item, context=limits))
+            event = AuditEvent.model_validate(item, context=limits)
         except ValidationError as error:
             first = error.errors(include_url=False)[0]
             field = ".".join(str(part) for part in first["loc"]) or None
             raise Problem(400, f"item {index}: {describe_validation_error(error)}", index=index, field=field) from None
-    return events
+        submissions.append(Submission(event, frozenset(name for name in DERIVABLE if item.get(name) is None)))
+    return submissions
 
 
 async def create_audit_events(request: Request) -> Response:
@@ -149,13 +152,21 @@ async def create_audit_events(request: Request) -> Response:
         raise Problem(400, "the array holds no events")
     if len(items) > MAX_EVENTS_PER_REQUEST:
         raise Problem(400, f"at most {MAX_EVENTS_PER_REQUEST} events per request")
-    events = validate_events(items, found.settings.validation_limits, trace_context(request))
-    ids = [str(event.event_id) for event in events]
+    submissions = validate_events(items, found.settings.validation_limits, trace_context(request))
+    ids = [str(s.event.event_id) for s in submissions]
     try:
-        status = await found.writer.write(events)
+        status = await found.writer.write(submissions)
     except StoresUnavailable:
         raise Problem(
             503, "neither Redis nor Postgres can take events now; retry later", headers={"Retry-After": "5"}
+        ) from None
+    except DuplicateEventIds as error:
+        raise Problem(
+            409,
+            f"other events are stored under event_id {', '.join(error.event_ids)}; nothing was stored",
+            kind="duplicate-event-id",
+            field="event_id",
+            event_ids=error.event_ids,
         ) from None
     answer = {"event_id": ids[0], "status": status} if single else {"event_ids": ids, "status": status}
     return JSONResponse(answer, status_code=202 if status == "accepted" else 201)
@@ -189,6 +200,7 @@ operations = [
             201: Reply("Redis was down: stored in Postgres", WriteResult),
             413: Reply("the body is too large"),
             415: Reply("the body is not JSON"),
+            409: Reply("Redis was down and Postgres holds other events under some of these event_ids"),
             503: Reply("neither Redis nor Postgres takes writes; see Retry-After"),
         },
         body=AuditEventsBody,

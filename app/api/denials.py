@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 import structlog
 
+from app.audit.identity import Submission
 from app.audit.self_audit import Action, Actor, operator_event
 from app.audit.writer import AuditWriter, StoresUnavailable
 from app.core import metrics
@@ -100,7 +101,7 @@ class DeniedRequests:
         if not events:
             return 0
         try:
-            await writer.write(events)
+            await writer.write([Submission(event) for event in events])
         except StoresUnavailable:
             metrics.SELF_AUDIT_WRITE_FAILURES.inc(len(events))
             log.error("access_denied_events_lost", events=len(events))

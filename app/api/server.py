@@ -5,13 +5,14 @@ import contextlib
 import uvicorn
 
 from app.api.app import create_app
+from app.audit.integrity.keys import Signer
 from app.core.settings import Settings
 
 
-def uvicorn_config(settings: Settings) -> uvicorn.Config:
+def uvicorn_config(settings: Settings, signer: Signer | None) -> uvicorn.Config:
     # log_config=None: uvicorn logs through the root logger, in the service's format.
     return uvicorn.Config(
-        create_app(settings),
+        create_app(settings, signer),
         host=settings.http_host,
         port=settings.http_port,
         log_config=None,
@@ -29,5 +30,5 @@ class InProcessServer(uvicorn.Server):
         yield
 
 
-def serve(settings: Settings) -> None:
-    uvicorn.Server(uvicorn_config(settings)).run()
+def serve(settings: Settings, signer: Signer | None) -> None:
+    uvicorn.Server(uvicorn_config(settings, signer)).run()

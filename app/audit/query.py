@@ -18,7 +18,7 @@ from sqlalchemy import Select, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.audit.event import ActorType, EventOutcome, parse_rfc3339
-from app.audit.record import audit_events
+from app.audit.record import audit_events, record_columns
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
@@ -108,7 +108,7 @@ def _utc_date(moment: datetime) -> date:
 
 def build_select(query: AuditQuery) -> Select:
     t = audit_events
-    statement = select(t)
+    statement = select(*record_columns)
     for name, value in query.filters.items():
         statement = statement.where(t.c[name] == value)
     if query.since is not None:
@@ -142,5 +142,5 @@ async def find_events(conn: AsyncConnection, query: AuditQuery) -> tuple[list[di
 
 
 async def get_event(conn: AsyncConnection, event_id: uuid.UUID) -> dict | None:
-    row = (await conn.execute(select(audit_events).where(audit_events.c.event_id == event_id))).first()
+    row = (await conn.execute(select(*record_columns).where(audit_events.c.event_id == event_id))).first()
     return None if row is None else dict(row._mapping)

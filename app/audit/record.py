@@ -11,7 +11,7 @@ from operator import attrgetter
 from typing import Any
 
 import orjson
-from sqlalchemy import Column, Date, DateTime, MetaData, String, Table, Uuid
+from sqlalchemy import BigInteger, Column, Date, DateTime, LargeBinary, MetaData, String, Table, Uuid
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeEngine
 
@@ -22,34 +22,43 @@ PARTITION_KEY = "event_date"
 PRIMARY_KEY = ("event_id", PARTITION_KEY)
 
 _fields = list(AuditEvent.model_fields)
+# The columns of an event as the API returns it.
 _after_timestamp = _fields.index("event_timestamp") + 1
 COLUMNS: tuple[str, ...] = (*_fields[:_after_timestamp], PARTITION_KEY, *_fields[_after_timestamp:])
 COLUMN_TYPES: dict[str, type] = {**FIELD_TYPES, PARTITION_KEY: date}
 JSON_COLUMNS = tuple(name for name in COLUMNS if COLUMN_TYPES[name] is dict)
-NULLABLE = frozenset(
+_OPTIONAL_FIELDS = frozenset(
     name
     for name, field in AuditEvent.model_fields.items()
     if field.annotation is not None and type(None) in getattr(field.annotation, "__args__", ())
 )
 
-POSTGRES_TYPES = {uuid.UUID: "uuid", str: "varchar", datetime: "timestamptz", date: "date", dict: "jsonb"}
+# Columns the service keeps with each row for tamper evidence (docs/INTEGRITY.md): the seal the row
+# belongs to and the salt of its event_data commitments. Stored, never returned as event fields.
+INTEGRITY_COLUMNS: tuple[str, ...] = ("seal_id", "integrity_salt")
+STORED_COLUMNS: tuple[str, ...] = (*COLUMNS, *INTEGRITY_COLUMNS)
+STORED_TYPES: dict[str, type] = {**COLUMN_TYPES, "seal_id": int, "integrity_salt": bytes}
+# Unsealed rows (written without a signing key, or by someone else) have neither.
+NULLABLE = _OPTIONAL_FIELDS | set(INTEGRITY_COLUMNS)
 
-# The idempotent path, for a batch in which some events are stored already (a redelivery): one
-# array parameter per column unnested into rows, and an event already there is skipped, not doubled.
-_ARRAYS = ", ".join(f"${n}::{POSTGRES_TYPES[COLUMN_TYPES[c]]}[]" for n, c in enumerate(COLUMNS, 1))
-INSERT_BATCH = (
-    f"INSERT INTO audit_events ({', '.join(COLUMNS)}) "
-    f"SELECT * FROM unnest({_ARRAYS}) "
-    f"ON CONFLICT ({', '.join(PRIMARY_KEY)}) DO NOTHING"
-)
+POSTGRES_TYPES = {
+    uuid.UUID: "uuid",
+    str: "varchar",
+    datetime: "timestamptz",
+    date: "date",
+    dict: "jsonb",
+    int: "bigint",
+    bytes: "bytea",
+}
 
-_column_values = attrgetter(*COLUMNS)
+column_values = attrgetter(*COLUMNS)
+"""The values of an event's columns, in COLUMNS order, as Python values."""
 _json_positions = [COLUMNS.index(name) for name in JSON_COLUMNS]
 
 
 def row_values(event: AuditEvent) -> tuple:
     """The row of `event`, in `COLUMNS` order, JSON objects as text (asyncpg's COPY takes it)."""
-    values = list(_column_values(event))
+    values = list(column_values(event))
     for position in _json_positions:
         if values[position] is not None:
             values[position] = orjson.dumps(values[position]).decode()
@@ -61,11 +70,13 @@ _SQLALCHEMY_TYPES: dict[type, TypeEngine | type[TypeEngine]] = {
     datetime: DateTime(timezone=True),
     date: Date,
     dict: JSONB,
+    int: BigInteger,
+    bytes: LargeBinary,
 }
 
 
 def _sqlalchemy_type(name: str) -> TypeEngine | type[TypeEngine]:
-    kind = COLUMN_TYPES[name]
+    kind = STORED_TYPES[name]
     return String(MAX_LENGTHS.get(name)) if kind is str else _SQLALCHEMY_TYPES[kind]
 
 
@@ -75,9 +86,11 @@ audit_events = Table(
     metadata,
     *(
         Column(name, _sqlalchemy_type(name), primary_key=name in PRIMARY_KEY, nullable=name in NULLABLE)
-        for name in COLUMNS
+        for name in STORED_COLUMNS
     ),
 )
+# What a query selects to answer with events: the event columns, not the integrity ones.
+record_columns = [audit_events.c[name] for name in COLUMNS]
 
 
 def record_json(row: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from importlib import metadata
 from typing import Any
 
 from app.audit.event import ActorType, AuditEvent, EventOutcome
+from app.audit.identity import Submission
 from app.audit.writer import AuditWriter, WriteStatus
 
 SERVICE_NAME = "datastorage"
@@ -115,4 +116,4 @@ async def record_action(
         data=data,
         correlation_id=correlation_id,
     )
-    return await writer.write([event])
+    return await writer.write([Submission(event)])

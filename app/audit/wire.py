@@ -17,6 +17,7 @@ import orjson
 from pydantic import ValidationError
 
 from app.audit.event import DEFAULT_LIMITS, FIELD_TYPES, AuditEvent, ValidationLimits, describe_validation_error
+from app.audit.identity import DERIVABLE, Submission
 from app.streams.ids import entry_id_time
 
 # Namespace of the event ids derived from (stream, entry id); never change it.
@@ -25,6 +26,8 @@ ENTRY_ID_NAMESPACE = uuid.UUID("6f0b9a52-8f0e-4d7c-9d55-2f4c1e0a7b31")
 EVENT_FIELDS = frozenset(AuditEvent.model_fields)
 # FastStream reads a field of this name as its own envelope: a producer must never send it.
 RESERVED_FIELD = "data"
+# The metadata key saying a missing event_timestamp was taken from the read time, not the entry id.
+TIMESTAMP_SOURCE = "timestamp_source"
 
 
 class InvalidEntry(ValueError):
@@ -35,10 +38,23 @@ def derived_event_id(stream: str, entry_id: str) -> uuid.UUID:
     return uuid.uuid5(ENTRY_ID_NAMESPACE, f"{stream}/{entry_id}")
 
 
-def decode_entry(
-    stream: str, entry_id: str, fields: dict[bytes, bytes], limits: ValidationLimits = DEFAULT_LIMITS
-) -> AuditEvent:
-    """Decodes one stream entry; raises `InvalidEntry` saying why it can never be stored."""
+def decode(
+    stream: str,
+    entry_id: str,
+    fields: dict[bytes, bytes],
+    limits: ValidationLimits = DEFAULT_LIMITS,
+    *,
+    now: datetime | None = None,
+) -> Submission:
+    """Decodes one stream entry as its producer submitted it; raises `InvalidEntry` saying why it
+    can never be stored.
+
+    A missing event_timestamp is the entry id's time, unless that time is further ahead of `now`
+    (the reading consumer's clock) than the clock-skew allowance: another producer can XADD an
+    explicit future id, after which Redis gives every later `*` entry an id at least that late.
+    Then the read time is used and `metadata.timestamp_source` says so: an honest event is never
+    refused or mis-dated because of someone else's entry id.
+    """
     values: dict[str, str] = {}
     for raw_name, raw_value in fields.items():
         try:
@@ -55,14 +71,28 @@ def decode_entry(
             values[name] = raw_value.decode()
         except UnicodeDecodeError:
             raise InvalidEntry(f"{name}: value is not valid UTF-8") from None
-    if not values.get("event_id"):
+    derived = frozenset(name for name in DERIVABLE if not values.get(name))
+    read_time = False
+    if "event_id" in derived:
         values["event_id"] = str(derived_event_id(stream, entry_id))
-    if not values.get("event_timestamp"):
-        values["event_timestamp"] = entry_id_time(entry_id).isoformat()
+    if "event_timestamp" in derived:
+        entry_time = entry_id_time(entry_id)
+        read_time = now is not None and entry_time > now + limits.max_future_skew
+        values["event_timestamp"] = (now if read_time and now else entry_time).isoformat()
     try:
-        return AuditEvent.model_validate(values, context=_as_text(limits))
+        event = AuditEvent.model_validate(values, context=_as_text(limits))
     except ValidationError as error:
         raise InvalidEntry(describe_validation_error(error)) from None
+    if read_time:
+        event = event.model_copy(update={"metadata": {**(event.metadata or {}), TIMESTAMP_SOURCE: "read_time"}})
+    return Submission(event, derived)
+
+
+def decode_entry(
+    stream: str, entry_id: str, fields: dict[bytes, bytes], limits: ValidationLimits = DEFAULT_LIMITS
+) -> AuditEvent:
+    """The event of one stream entry (see `decode`)."""
+    return decode(stream, entry_id, fields, limits).event
 
 
 @lru_cache(maxsize=8)
@@ -77,6 +107,16 @@ _ENCODERS: dict[type, Callable[[Any], str]] = {
     dict: lambda value: orjson.dumps(value).decode(),
 }
 _FIELD_ENCODERS = [(name, _ENCODERS[kind]) for name, kind in FIELD_TYPES.items()]
+
+
+def encode_submission(submission: Submission) -> dict[str, str]:
+    """The fields to XADD for an event the service received: a timestamp the service derived is
+    left out, so the consumer derives it from the entry id and a retry without one stays the
+    same event (app/audit/identity.py)."""
+    fields = encode_event(submission.event)
+    if "event_timestamp" in submission.derived:
+        del fields["event_timestamp"]
+    return fields
 
 
 def encode_event(event: AuditEvent) -> dict[str, str]:

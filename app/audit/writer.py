@@ -11,8 +11,9 @@ from typing import Literal
 import redis
 import structlog
 
-from app.audit.event import AuditEvent
-from app.audit.store import AuditStore
+from app.audit.identity import Submission
+from app.audit.store import AuditStore, DuplicateEventIds
+from app.audit.wire import encode_submission
 from app.producer import AuditProducer
 
 log = structlog.get_logger(__name__)
@@ -29,18 +30,25 @@ class AuditWriter:
         self.producer = producer
         self.store = store
 
-    async def write(self, events: Sequence[AuditEvent]) -> WriteStatus:
-        """`accepted` (in the stream) or `stored` (in Postgres); raises `StoresUnavailable`."""
+    async def write(self, submissions: Sequence[Submission]) -> WriteStatus:
+        """`accepted` (in the stream) or `stored` (in Postgres); raises `StoresUnavailable`, or
+        `DuplicateEventIds` when written through to a Postgres that holds other events under
+        those ids (through the stream, the consumer dead-letters them instead)."""
         try:
-            await self.producer.publish_many(events)
+            await self.producer.publish_entries(encode_submission(s) for s in submissions)
             return "accepted"
         except (redis.ConnectionError, redis.TimeoutError) as redis_error:
             try:
-                await self.store.insert(events)
+                await self.store.insert(submissions, refuse_conflicts=True)
+            except DuplicateEventIds:
+                raise
             except Exception as db_error:  # noqa: BLE001 - whatever failed, neither store took them
                 log.error(
-                    "write_failed_both_stores", redis_error=str(redis_error), db_error=str(db_error), events=len(events)
+                    "write_failed_both_stores",
+                    redis_error=str(redis_error),
+                    db_error=str(db_error),
+                    events=len(submissions),
                 )
                 raise StoresUnavailable() from None
-            log.warning("redis_unavailable_wrote_to_postgres", events=len(events), error=str(redis_error))
+            log.warning("redis_unavailable_wrote_to_postgres", events=len(submissions), error=str(redis_error))
             return "stored"

@@ -16,6 +16,8 @@ import structlog
 import typer
 
 from app.audit.event import AuditEvent, EventOutcome
+from app.audit.identity import Submission
+from app.audit.integrity.keys import Signer
 from app.audit.self_audit import Action, Actor, operator_event
 from app.audit.store import AuditStore
 from app.audit.writer import AuditWriter, StoresUnavailable
@@ -62,14 +64,20 @@ async def write_event(settings: Settings, event: AuditEvent) -> str:
         if settings.database_url
         else None
     )
+    # Rows written here are sealed like the API's (unsealed, as there, without a key).
+    key_file = settings.audit_signing_key_file
+    signer = Signer.from_file(key_file) if key_file else None
+    submissions = [Submission(event)]
     try:
         if client is not None and pool is not None:
-            return await AuditWriter(AuditProducer(client, settings.stream), AuditStore(pool)).write([event])
+            return await AuditWriter(AuditProducer(client, settings.stream), AuditStore(pool, signer)).write(
+                submissions
+            )
         if client is not None:
             await AuditProducer(client, settings.stream).publish(event)
             return "accepted"
         if pool is not None:
-            await AuditStore(pool).insert([event])
+            await AuditStore(pool, signer).insert(submissions, refuse_conflicts=True)
             return "stored"
         raise StoresUnavailable("neither DATASTORAGE_REDIS_URL nor DATASTORAGE_DATABASE_URL is set")
     finally:

@@ -4,6 +4,7 @@ import asyncio
 
 import typer
 
+from app.audit.integrity.keys import load_signer
 from app.cli.common import database_url, load_settings, redis_url
 from app.core.metrics import start_metrics_server
 from app.core.migrations import migrate_database
@@ -23,15 +24,16 @@ def run() -> None:
     """Run the whole service; starts embedded Postgres and Redis where no URL is set. Ctrl-C stops it."""
     from app.local.run import run as run_service
 
-    run_service(load_settings())
+    raise typer.Exit(run_service(load_settings()))
 
 
 def consume() -> None:
     """Consume the audit stream into Postgres (one consumer of the group; run several to scale)."""
-    from consumers.audit import create_app
+    from consumers.audit import AuditConsumer
 
     settings = _service_settings()
-    asyncio.run(create_app(settings).run())
+    consumer = AuditConsumer(settings, load_signer(settings.audit_signing_key_file))
+    raise typer.Exit(asyncio.run(consumer.run()))
 
 
 def serve() -> None:
@@ -41,7 +43,8 @@ def serve() -> None:
     from app.core.settings import MissingSetting
 
     try:
-        serve_api(_service_settings())
+        settings = _service_settings()
+        serve_api(settings, load_signer(settings.audit_signing_key_file))
     except (TokenFileError, MissingSetting) as error:
         # Access control that cannot be set up as configured: refuse to start, saying why.
         typer.echo(f"serve: {error}", err=True)

@@ -38,6 +38,33 @@ STREAM_OLDEST_PENDING_AGE = Gauge(
     "Age of the oldest entry still pending in the consumer group (0 when none).",
 )
 STREAM_LENGTH = Gauge("datastorage_stream_length", "Entries in the audit stream (XLEN).")
+STREAM_ENTRIES_LOST = Counter(
+    "datastorage_stream_entries_lost_total",
+    "Entries trimmed from the audit stream (XTRIM, MAXLEN) before any consumer of the group read them.",
+)
+STREAM_GROUP_RECREATED = Counter(
+    "datastorage_stream_group_recreated_total",
+    "Times the consumer group was found deleted and created again from the start of the stream.",
+)
+STREAM_ENTRY_IDS_AHEAD = Gauge(
+    "datastorage_stream_entry_ids_ahead_seconds",
+    "How far the stream's newest entry id is ahead of this machine's clock (an explicit future id).",
+)
+CONSUMER_FATAL_ERRORS = Counter(
+    "datastorage_consumer_fatal_errors_total", "Errors that stopped a consumer (it exits non-zero)."
+)
+AUDIT_SEALING_ENABLED = Gauge(
+    "datastorage_audit_sealing_enabled",
+    "1 when this process seals what it stores (it has the signing key), 0 when it stores rows unsealed.",
+)
+AUDIT_CHECKPOINTS = Counter("datastorage_audit_checkpoints_total", "Signed checkpoints of the seal chain written.")
+AUDIT_UNSEALED_ROWS = Gauge(
+    "datastorage_audit_unsealed_rows",
+    "Audit rows not yet under a signed checkpoint (sealed since the last one, or stored without a seal).",
+)
+AUDIT_UNSEALED_OLDEST_AGE = Gauge(
+    "datastorage_audit_unsealed_oldest_age_seconds", "Age of the oldest audit row not yet under a signed checkpoint."
+)
 DB_CONNECTIONS_IN_USE = Gauge("datastorage_db_connections_in_use", "Postgres connections of this process in use.")
 
 HTTP_REQUESTS = Counter(

@@ -63,11 +63,24 @@ class Settings(BaseSettings):
     retry_max_s: float = Field(default=30.0, gt=0)
     shutdown_timeout_s: float = Field(default=30.0, gt=0)
     db_pool_size: int = Field(default=4, ge=1, le=100)
+    # A batch read from the stream holds at most about this many bytes of entries.
+    batch_max_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
 
     # Event validation
     max_future_skew_s: float = Field(default=3600, ge=0)
     max_json_bytes: int = Field(default=256 * 1024, ge=1024)
     max_json_depth: int = Field(default=32, ge=2, le=1000)
+
+    # Tamper evidence (docs/INTEGRITY.md). The Ed25519 key (PEM) of the processes that write and
+    # seal; without it rows are stored unsealed (with a warning at start).
+    audit_signing_key_file: Path | None = None
+    # Every committed event is under a signed checkpoint within this bound.
+    audit_sealing_bound_s: float = Field(default=10.0, gt=0)
+    audit_checkpoint_interval_s: float = Field(default=5.0, gt=0)
+    # The Redis stream audit_checkpoints is never trimmed below this many entries.
+    audit_checkpoints_keep: int = Field(default=100_000, ge=100)
+    # Top-level event_data keys an export replaces by their commitments (comma-separated).
+    audit_export_redact: str = ""
 
     # HTTP API. Tokens: comma-separated (every right), or `TOKEN [SCOPES] [NAME]` lines in a file
     # (app/api/tokens.py); none configured = no auth. `kubernetes`: TokenReview + SubjectAccessReview.
@@ -115,6 +128,12 @@ class Settings(BaseSettings):
     @cached_property
     def stream_keys(self) -> StreamKeys:
         return StreamKeys(stream=self.stream, dlq=self.dlq_stream, group=self.consumer_group)
+
+    @property
+    def max_entry_bytes(self) -> int:
+        """The largest stream entry that can be a storable event: two JSON objects at their limit
+        and room for the other fields. A larger one is dead-lettered as too_large unread."""
+        return 2 * self.max_json_bytes + 16 * 1024
 
     @cached_property
     def validation_limits(self) -> ValidationLimits:

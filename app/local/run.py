@@ -10,17 +10,19 @@ the consumer first (its batch in hand is finished or left pending), the servers 
 import asyncio
 import contextlib
 import signal
+from pathlib import Path
 
 import structlog
 
 from app.api.server import InProcessServer, uvicorn_config
+from app.audit.integrity.keys import PRIVATE_KEY_FILE, generate_key_pair, load_signer
 from app.audit.partitions import ensure_upcoming_partitions
 from app.core.db import connect, create_database
 from app.core.metrics import start_metrics_server
 from app.core.migrations import migrate_database
 from app.core.settings import Settings
 from app.local.embedded import EmbeddedPostgres, LocalRedis
-from consumers.audit import create_app as create_consumer_app
+from consumers.audit import AuditConsumer
 
 log = structlog.get_logger(__name__)
 
@@ -41,7 +43,19 @@ def start_embedded_servers(settings: Settings, stack: contextlib.ExitStack) -> S
         redis_server.start()
         stack.callback(redis_server.stop)
         redis_url = redis_server.url
-    return settings.model_copy(update={"database_url": database_url, "redis_url": redis_url})
+    update: dict = {"database_url": database_url, "redis_url": redis_url}
+    if settings.audit_signing_key_file is None and settings.database_url is None and settings.redis_url is None:
+        update["audit_signing_key_file"] = embedded_signing_key(settings.data_dir / "keys")
+    return settings.model_copy(update=update)
+
+
+def embedded_signing_key(directory: Path) -> Path:
+    """On embedded defaults the audit trail is sealed too: a key pair in the data folder, made
+    once (docs/INTEGRITY.md; a real deployment keeps its key outside the machine's data)."""
+    if not (directory / PRIVATE_KEY_FILE).exists():
+        private_path, public_path = generate_key_pair(directory)
+        log.info("audit_signing_key_created", private_key=str(private_path), public_key=str(public_path))
+    return directory / PRIVATE_KEY_FILE
 
 
 async def keep_partitions_ahead(settings: Settings, stop: asyncio.Event) -> None:
@@ -61,7 +75,8 @@ async def keep_partitions_ahead(settings: Settings, stop: asyncio.Event) -> None
             log.exception("partition_check_failed")
 
 
-async def serve_until_stopped(settings: Settings) -> None:
+async def serve_until_stopped(settings: Settings) -> int:
+    """Runs the parts until SIGINT/SIGTERM or a fatal error of the consumer; returns the exit code."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -75,8 +90,10 @@ async def serve_until_stopped(settings: Settings) -> None:
         redis_url=settings.redis_url,
         migrations_applied=[m.version for m in applied],
     )
-    http = InProcessServer(uvicorn_config(settings))
-    async with create_consumer_app(settings):
+    signer = load_signer(settings.audit_signing_key_file)
+    http = InProcessServer(uvicorn_config(settings, signer))
+    consumer = AuditConsumer(settings, signer)
+    async with consumer.app:
         http_task = asyncio.create_task(http.serve())
         log.info(
             "service_running",
@@ -84,16 +101,21 @@ async def serve_until_stopped(settings: Settings) -> None:
             http_port=settings.http_port,
             metrics_port=settings.metrics_port,
         )
+        consumer_failed = asyncio.create_task(consumer.failed.wait())
+        consumer_failed.add_done_callback(lambda _: stop.set())
         await keep_partitions_ahead(settings, stop)
+        consumer_failed.cancel()
         log.info("service_stopping")
         # The API first (no new writes accepted), then the consumer (its batch in hand finishes).
         http.should_exit = True
         await http_task
+    return 1 if consumer.failed.is_set() else 0
 
 
-def run(settings: Settings) -> None:
+def run(settings: Settings) -> int:
     with contextlib.ExitStack() as stack:
         settings = start_embedded_servers(settings, stack)
         start_metrics_server(settings.metrics_port)
-        asyncio.run(serve_until_stopped(settings))
-    log.info("service_stopped")
+        code = asyncio.run(serve_until_stopped(settings))
+    log.info("service_stopped", exit_code=code)
+    return code

@@ -17,10 +17,17 @@ import redis.asyncio as aioredis
 DLQ_FIELDS = ("dlq_reason", "dlq_error", "source_stream", "source_id", "delivery_count", "failed_at")
 
 REASON_VALIDATION = "validation"
+# The entry made the consumers that worked on it fail (die, or raise) `max_deliveries` times.
 REASON_MAX_DELIVERIES = "max_deliveries"
 REASON_PERMANENT_DB_ERROR = "permanent_db_error"
-# The entry's body was gone when it was read back (the stream was trimmed by someone else).
+# The entry was deleted from the stream (XDEL, XTRIM) while it was pending: nothing to store.
 REASON_ENTRY_DELETED = "entry_deleted"
+# Larger than any storable entry: its fields are kept cut short, with the size and a digest.
+REASON_TOO_LARGE = "too_large"
+# Another event is stored under the same event_id.
+REASON_DUPLICATE_EVENT_ID = "duplicate_event_id"
+# Dead letters of these reasons do not hold the original entry: a replay could not store them.
+NOT_REPLAYABLE = frozenset({REASON_ENTRY_DELETED, REASON_TOO_LARGE})
 
 MAX_ERROR_LENGTH = 500
 

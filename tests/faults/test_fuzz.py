@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from app.audit.store import AuditStore
 from app.audit.wire import EVENT_FIELDS, InvalidEntry, decode_entry
-from tests.helpers import SCALE, wait_for
+from tests.helpers import SCALE, submitted, wait_for
 
 pytestmark = pytest.mark.faults
 
@@ -76,7 +76,7 @@ async def test_decoded_fuzz_events_are_accepted_by_postgres(database_url):
     try:
         store = AuditStore(pool)
         for event in accepted:  # one by one: a refusal would name its event
-            await store.insert([event])
+            await store.insert(submitted([event]))
     finally:
         await pool.close()
 

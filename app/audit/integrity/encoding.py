@@ -1,0 +1,72 @@
+"""The canonical encoding of a stored audit row, version 1 (docs/INTEGRITY.md), and its leaf hash.
+
+A row is encoded as the JSON array `[1, <value of each column in ENCODED_COLUMNS order>]`.
+`event_data` is encoded as the object of its top-level keys, each mapped to a salted commitment of
+its value, so that an export can withhold a value and still prove the row. Test vectors in
+tests/test_integrity_encoding.py pin the bytes: changing this module means a new version.
+"""
+
+import hashlib
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, date, datetime
+from typing import Any
+
+import orjson
+
+VERSION = 1
+# The columns of a row as version 1 encodes them, in order. Never reorder or extend in place.
+ENCODED_COLUMNS: tuple[str, ...] = (
+    "event_id", "event_type", "event_category", "event_outcome", "event_timestamp", "event_date",
+    "service_name", "service_version", "actor_type", "actor_id", "actor_name", "resource_type",
+    "resource_id", "resource_name", "event_data", "correlation_id", "parent_event_id", "trace_id",
+    "span_id", "metadata",
+)  # fmt: skip
+SALT_BYTES = 16
+LEAF_PREFIX = b"\x00"
+_EVENT_DATA = ENCODED_COLUMNS.index("event_data")
+
+
+def canonical_json(value: Any) -> bytes:
+    """No whitespace, keys sorted, UTF-8, shortest round-trip floats (orjson's rules)."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def opening(salt: bytes, key: str) -> bytes:
+    """What reveals one event_data key's commitment: H(row salt || key)."""
+    return hashlib.sha256(salt + key.encode()).digest()
+
+
+def commitment(key_opening: bytes, value: Any) -> str:
+    return hashlib.sha256(key_opening + canonical_json(value)).hexdigest()
+
+
+def event_data_commitments(event_data: Mapping[str, Any], salt: bytes) -> dict[str, str]:
+    return {key: commitment(opening(salt, key), value) for key, value in event_data.items()}
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+def encode_row(values: Sequence[Any], salt: bytes, *, committed: Mapping[str, str] | None = None) -> bytes:
+    """The encoding of a row given its values in ENCODED_COLUMNS order (event_data as an object,
+    metadata as an object or None). `committed` replaces the event_data commitments (a redacted
+    export carries commitments, not values)."""
+    items: list[Any] = [VERSION]
+    for position, value in enumerate(values):
+        if position == _EVENT_DATA:
+            items.append(committed if committed is not None else event_data_commitments(value, salt))
+        else:
+            items.append(_scalar(value))
+    return canonical_json(items)
+
+
+def leaf_hash(encoded_row: bytes) -> bytes:
+    return hashlib.sha256(LEAF_PREFIX + encoded_row).digest()
