@@ -1,5 +1,6 @@
 """What the tests share: the one event factory, bodies and problem checks for the API, waiting,
-real `datastorage` processes (consumers, `run`), and what the stream and the table hold.
+real `datastorage` processes (consumers, `run`), what the stream and the table hold, and a
+stand-in for the Kubernetes API server's access reviews.
 
 Test modules import from here (and from fixtures in conftest.py), never from each other.
 """
@@ -11,9 +12,11 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,7 @@ import redis.asyncio as aioredis
 from app.api.app import create_app
 from app.audit.identity import Submission
 from app.audit.record import COLUMNS, row_values
-from app.audit.wire import encode_event
+from app.audit.wire import decode_entry, encode_event
 from app.core.settings import PROJECT_ROOT
 from app.producer import AuditEvent, AuditProducer, new_audit_event
 
@@ -360,3 +363,94 @@ async def settle(db, redis_url: str, expected: set, timeout: float = 120, requir
 def report(capsys, name: str, figures: dict) -> None:
     with capsys.disabled():
         print(f"\n[fault] {name}: {json.dumps(figures)}")
+
+
+# --- the service's own actions in the trail ----------------------------------------------------
+
+
+async def self_audit_events(client, event_type: str | None = None) -> list[AuditEvent]:
+    """The service's own events (service_name datastorage) in the audit stream, oldest first."""
+    found = [decode_entry(STREAM, entry_id.decode(), fields) for entry_id, fields in await client.xrange(STREAM)]
+    return [e for e in found if e.service_name == "datastorage" and event_type in (None, e.event_type)]
+
+
+# --- a Kubernetes API server, as far as the service uses one -----------------------------------
+
+
+class KubernetesStandIn:
+    """The TokenReview and SubjectAccessReview endpoints of a Kubernetes API server, speaking their
+    real JSON (authentication.k8s.io/v1, authorization.k8s.io/v1; 201 Created, a `status` beside
+    the echoed `spec`, `authenticated` left out when false as the real server does), and checking
+    that the caller presents the service account's token. `users`: token -> (username, groups);
+    `grants`: (username or group, verb) pairs RBAC allows on `resource` (group, resource)."""
+
+    def __init__(self, service_token: str, users: dict[str, tuple[str, list[str]]],
+                 grants: set[tuple[str, str]], resource: tuple[str, str] = ("datastorage.dev", "datastorage")):
+        self.service_token = service_token
+        self.users = users
+        self.grants = grants
+        self.resource = resource
+        self.reviews: list[dict] = []  # every review received, in order
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                if self.headers.get("Authorization") != f"Bearer {stand_in.service_token}":
+                    return self.reply(401, stand_in.status_object(401, "Unauthorized"))
+                routes = {"/apis/authentication.k8s.io/v1/tokenreviews": ("authentication.k8s.io/v1", "TokenReview"),
+                          "/apis/authorization.k8s.io/v1/subjectaccessreviews":
+                              ("authorization.k8s.io/v1", "SubjectAccessReview")}
+                expected = routes.get(self.path)
+                if expected is None:
+                    return self.reply(404, stand_in.status_object(404, "NotFound"))
+                if (body.get("apiVersion"), body.get("kind")) != expected or not isinstance(body.get("spec"), dict):
+                    return self.reply(400, stand_in.status_object(400, "BadRequest"))
+                stand_in.reviews.append(body)
+                status = stand_in.token_review(body["spec"]) if expected[1] == "TokenReview" \
+                    else stand_in.access_review(body["spec"])
+                self.reply(201, {"kind": expected[1], "apiVersion": expected[0],
+                                 "metadata": {"creationTimestamp": None}, "spec": body["spec"], "status": status})
+
+            def reply(self, code: int, document: dict):
+                payload = json.dumps(document).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def token_review(self, spec: dict) -> dict:
+        if spec.get("token") not in self.users:
+            return {"user": {}, "error": "[invalid bearer token, token lookup failed]"}
+        username, groups = self.users[spec["token"]]
+        return {"authenticated": True, "user": {"username": username, "uid": f"uid-{username}", "groups": groups},
+                "audiences": ["https://kubernetes.default.svc.cluster.local"]}
+
+    def access_review(self, spec: dict) -> dict:
+        attributes = spec.get("resourceAttributes") or {}
+        subjects = [spec.get("user"), *(spec.get("groups") or [])]
+        on_resource = (attributes.get("group"), attributes.get("resource")) == self.resource
+        if on_resource and any((subject, attributes.get("verb")) in self.grants for subject in subjects):
+            return {"allowed": True, "reason": 'RBAC: allowed by ClusterRoleBinding "datastorage-clients"'}
+        return {"allowed": False}
+
+    @staticmethod
+    def status_object(code: int, reason: str) -> dict:
+        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": reason,
+                "reason": reason, "code": code}
+
+    def kinds(self) -> list[str]:
+        return [review["kind"] for review in self.reviews]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -84,6 +84,36 @@ def test_kubernetes_deployments_probes_resources_and_budgets():
     assert by_kind("ConfigMap")["datastorage"]["data"]["DATASTORAGE_METRICS_PORT"] == "9090"
 
 
+def test_kubernetes_rbac_lets_the_api_review_access_and_clients_use_the_reviewed_resource():
+    [account] = by_kind("ServiceAccount")
+    api = by_kind("Deployment")["datastorage-api"]["spec"]["template"]["spec"]
+    assert api["serviceAccountName"] == account
+    roles = by_kind("ClusterRole")
+
+    def granted(role: str, group: str, resource: str) -> set[str]:
+        return {verb for rule in roles[role]["rules"] if group in rule["apiGroups"] and resource in rule["resources"]
+                for verb in rule["verbs"]}
+
+    # The API's own account may create both reviews, and nothing else.
+    [binding] = [b for b in by_kind("ClusterRoleBinding").values()
+                 if {"kind": "ServiceAccount", "name": account} in [{k: s[k] for k in ("kind", "name")}
+                                                                     for s in b["subjects"]]]
+    reviewer = binding["roleRef"]["name"]
+    assert granted(reviewer, "authentication.k8s.io", "tokenreviews") == {"create"}
+    assert granted(reviewer, "authorization.k8s.io", "subjectaccessreviews") == {"create"}
+    assert len(roles[reviewer]["rules"]) == 2
+    # The client roles grant the verbs the service asks about, on the resource it is configured with.
+    from app.api.kubernetes import VERBS
+    configured = by_kind("ConfigMap")["datastorage"]["data"]
+    defaults = Settings()
+    group, resource = defaults.kubernetes_resource_group, defaults.kubernetes_resource
+    assert (configured["DATASTORAGE_KUBERNETES_RESOURCE_GROUP"], configured["DATASTORAGE_KUBERNETES_RESOURCE"]) == (
+        group, resource)
+    assert granted("datastorage-reader", group, resource) == {VERBS["audit:read"]} == {VERBS["playbooks:read"]}
+    assert granted("datastorage-writer", group, resource) == {VERBS["audit:write"]}
+    assert granted("datastorage-admin", group, resource) == set(VERBS.values()) == {"get", "create", "update"}
+
+
 def mebibytes(quantity: str) -> float:
     number, unit = re.fullmatch(r"(\d+)(Mi|Gi)", quantity).groups()
     return int(number) * (1024 if unit == "Gi" else 1)

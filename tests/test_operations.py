@@ -64,7 +64,9 @@ async def test_dead_letters_are_listed_shown_replayed_after_a_fix_and_purged(
     await db.execute("ALTER TABLE audit_events DROP CONSTRAINT test_no_poison")
     replay = datastorage(database_url, redis_url, "dlq", "replay", "--reason", "permanent_db_error")
     assert "replayed 1 of 1" in replay.stdout
-    await wait_for(lambda: _rows_at_least(db, 20), 30, "the replayed event stored")
+    # (Each command also writes its self-audit event: wait for the replayed event itself.)
+    await wait_for(lambda: db.fetchval("SELECT 1 FROM audit_events WHERE event_id = $1", batch[3].event_id), 30,
+                   "the replayed event stored")
     assert await db.fetchval("SELECT resource_id FROM audit_events WHERE event_id = $1", batch[3].event_id) == "poison"
 
     # An entry that fails again comes back with a new dead letter.
@@ -75,7 +77,10 @@ async def test_dead_letters_are_listed_shown_replayed_after_a_fix_and_purged(
 
     assert datastorage(database_url, redis_url, "dlq", "purge", "--yes").stdout.strip() == "purged 1 dead letter(s)"
     assert await client.xlen("audit_dlq") == 0
-    assert await row_counts(db) == (20, 20)
+    # The 20 events, once each, and the self-audit events of two replays and a purge.
+    await wait_for(lambda: _rows_at_least(db, 23), 30, "the self-audit events stored")
+    assert await row_counts(db) == (23, 23)
+    assert await db.fetchval("SELECT count(*) FROM audit_events WHERE service_name <> 'datastorage'") == 20
 
 
 async def _rows_at_least(db, count: int) -> bool:

@@ -17,10 +17,14 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from app.api import audit, health, integrity, playbooks
+from app.api.access import AUDIT_READ, PUBLIC, Requirement, RouteAccess
+from app.api.auth import Authenticator, Authorization, authenticator_for
+from app.api.denials import DeniedRequests
 from app.api.health import health_routes
-from app.api.middleware import BearerAuth, RequestMetrics
+from app.api.middleware import RequestMetrics
 from app.api.openapi import openapi_document
 from app.api.problems import EXCEPTION_HANDLERS
+from app.api.ratelimit import RateLimit, token_buckets
 from app.api.resources import Resources
 from app.audit.integrity.keys import Signer
 from app.audit.record import record_json_schema
@@ -39,6 +43,9 @@ from app.producer import AuditProducer
 log = structlog.get_logger(__name__)
 
 OPERATIONS = [*health.operations, *audit.operations, *integrity.operations, *playbooks.operations]
+# Routes outside the OpenAPI document declare their scope here (`METHOD /template`, `*` for any
+# method, a trailing `*` for every route below a path); the others on their Operation.
+ROUTE_ACCESS: dict[str, Requirement] = {"GET /openapi.json": PUBLIC, "GET /ui*": AUDIT_READ}
 
 
 @cache
@@ -48,30 +55,43 @@ def api_document(auth: bool) -> dict[str, Any]:
 
 def create_app(settings: Settings, signer: Signer | None = None) -> Starlette:
     """The API; `signer` seals what the write-through path stores (unsealed without one)."""
-    tokens = settings.api_token_set()
+    authenticator = authenticator_for(settings)
+    denials = DeniedRequests(settings.audit_denied_threshold, settings.audit_denied_window_s)
     loader = shared_loader(settings.embedding_backend, settings.model_cache_dir)
+    routes = [
+        *health_routes({"postgres": check_postgres, "redis": check_redis, "embedding_model": check_model}),
+        Route("/openapi.json", openapi),
+        # Before the audit routes: /audit-events/export is not an event id.
+        *integrity.routes,
+        *audit.routes,
+        *playbooks.routes,
+    ]
+    access = RouteAccess.of(routes, OPERATIONS, ROUTE_ACCESS)
     app = Starlette(
-        routes=[
-            *health_routes({"postgres": check_postgres, "redis": check_redis, "embedding_model": check_model}),
-            Route("/openapi.json", openapi),
-            # Before the audit routes: /audit-events/export is not an event id.
-            *integrity.routes,
-            *audit.routes,
-            *playbooks.routes,
+        routes=routes,
+        # Outermost first: metrics see every answer, auth says who asks, the limit counts per identity.
+        middleware=[
+            Middleware(RequestMetrics),
+            Middleware(Authorization, access=access, authenticator=authenticator, denials=denials),
+            Middleware(RateLimit, buckets=token_buckets(settings.rate_limit_per_s, settings.rate_limit_burst)),
         ],
-        middleware=[Middleware(RequestMetrics), Middleware(BearerAuth, tokens=tokens)],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
-        lifespan=lambda app: lifespan(app, settings, loader, signer),
+        lifespan=lambda app: lifespan(app, settings, loader, signer, authenticator, denials),
     )
-    app.state.auth = bool(tokens)
-    if not tokens:
+    app.state.auth = authenticator is not None
+    if authenticator is None:
         log.warning("api_auth_disabled", hint="set DATASTORAGE_API_TOKENS or DATASTORAGE_API_TOKENS_FILE")
     return app
 
 
 @contextlib.asynccontextmanager
 async def lifespan(
-    app: Starlette, settings: Settings, loader: EmbedderLoader, signer: Signer | None
+    app: Starlette,
+    settings: Settings,
+    loader: EmbedderLoader,
+    signer: Signer | None,
+    authenticator: Authenticator | None,
+    denials: DeniedRequests,
 ) -> AsyncIterator[None]:
     database_url = settings.require_database_url()
     engine = create_engine(database_url, pool_size=settings.db_pool_size, json_deserializer=orjson.loads)
@@ -96,6 +116,7 @@ async def lifespan(
     ]
     if reads.replicas:
         workers.append(asyncio.create_task(reads.keep_measuring(stop_worker, settings.read_replica_check_interval_s)))
+    workers.append(asyncio.create_task(denials.run(writer, stop_worker)))
     try:
         yield
     finally:
@@ -106,6 +127,8 @@ async def lifespan(
         for replica in reads.replicas:
             await replica.pool.close()
             await replica.engine.dispose()
+        if authenticator is not None:
+            await authenticator.aclose()
         await pool.close()
         await client.aclose()
         await engine.dispose()

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from app.api.access import AUDIT_READ, AUDIT_WRITE
 from app.api.inputs import QueryInt, parse_query, query_values, read_json_body
 from app.api.openapi import Operation, Reply
 from app.api.problems import Problem
@@ -197,6 +198,7 @@ operations = [
         "Query the audit trail",
         {200: Reply("a page of events", AuditEventPage)},
         query=AuditEventListQuery,
+        scope=AUDIT_READ,
     ),
     Operation(
         "POST /api/v1/audit-events",
@@ -212,6 +214,7 @@ operations = [
         },
         body=AuditEventsBody,
         headers={"traceparent": "W3C trace context: fills trace_id and span_id when the body has none"},
+        scope=AUDIT_WRITE,
     ),
     Operation(
         "GET /api/v1/audit-events/{event_id}",
@@ -219,5 +222,6 @@ operations = [
         "One event by id",
         {200: Reply("the event", schema=RECORD_REF), 404: Reply("no event with this id")},
         path_formats={"event_id": "uuid"},
+        scope=AUDIT_READ,
     ),
 ]

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from app.api.access import ADMIN, AUDIT_READ
 from app.api.audit import AuditEventListQuery, list_query
 from app.api.inputs import parse_body, read_json_body
 from app.api.openapi import Operation, Reply
@@ -192,13 +193,13 @@ operations = [
     Operation("GET /api/v1/audit-events/{event_id}/proof", "getAuditEventProof",
               "The event's inclusion proof: check it with the public key alone (app.producer.verify_proof)",
               {200: Reply("the proof", EventProof), 404: Reply("no such event, or it is not sealed")},
-              path_formats={"event_id": "uuid"}),
+              path_formats={"event_id": "uuid"}, scope=AUDIT_READ),
     Operation("GET /api/v1/audit-events/export", "exportAuditEvents",
               "Events with their proofs, seals and the newest checkpoint, as NDJSON (gzip with Accept-Encoding)",
               {200: Reply("the export, one JSON document per line", schema={"type": "string"}, media_type=NDJSON)},
-              query=AuditEventListQuery),
+              query=AuditEventListQuery, scope=ADMIN),
     Operation("POST /api/v1/audit/verify", "verifyAuditTrail",
               f"Verify a window (at most {MAX_VERIFY_DAYS} days) or one correlation against the seals and checkpoints",
               {200: Reply("the verification report (incomplete when there is no key to verify against)", Verification)},
-              body=VerifyRequest),
+              body=VerifyRequest, scope=ADMIN),
 ]  # fmt: skip

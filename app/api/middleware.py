@@ -1,12 +1,9 @@
-"""Two small ASGI middlewares: request metrics, and bearer-token auth for `/api/`."""
+"""Request metrics, an ASGI middleware (auth: app/api/auth.py; rate limits: app/api/ratelimit.py)."""
 
-import hmac
 import time
 
-from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.problems import Problem, problem_response
 from app.core import metrics
 
 
@@ -37,32 +34,3 @@ class RequestMetrics:
             labels = (scope["method"], getattr(route, "path", "unmatched"), str(status))
             metrics.HTTP_REQUESTS.labels(*labels).inc()
             metrics.HTTP_REQUEST_DURATION.labels(*labels).observe(time.perf_counter() - started)
-
-
-class BearerAuth:
-    """With tokens configured, every `/api/` request needs `Authorization: Bearer <token>`."""
-
-    def __init__(self, app: ASGIApp, tokens: frozenset[str]):
-        self.app = app
-        self.tokens = [token.encode() for token in tokens]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.tokens or not scope["path"].startswith("/api/"):
-            await self.app(scope, receive, send)
-            return
-        request = Request(scope)
-        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and self._known(presented.strip().encode()):
-            await self.app(scope, receive, send)
-            return
-        problem = Problem(
-            401,
-            "a valid bearer token is required (Authorization: Bearer <token>)",
-            headers={"WWW-Authenticate": 'Bearer realm="datastorage"'},
-        )
-        await problem_response(request, problem)(scope, receive, send)
-
-    def _known(self, presented: bytes) -> bool:
-        # Compare with every token, always: the time taken says nothing about which one matched.
-        matches = [hmac.compare_digest(presented, token) for token in self.tokens]
-        return any(matches)

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from app.api.access import ADMIN, Scope
 from app.api.problems import ProblemDocument
 
 JSON = "application/json"
@@ -47,6 +48,9 @@ class Operation:
     body: type[BaseModel] | None = None
     # Open to everyone (health): no bearer token, no 400 for bad parameters.
     public: bool = False
+    # The scope a token needs (app/api/access.py); the auth middleware reads it from here.
+    # Unset on a route that is not public: admin.
+    scope: Scope | None = None
 
     @property
     def method(self) -> str:
@@ -109,10 +113,17 @@ def _operation(operation: Operation, refs: dict, auth: bool) -> dict[str, Any]:
     if operation.description:
         document["description"] = operation.description
     if not operation.public:
-        document["security"] = [{"bearer": []}] if auth else []
+        # The scope as the bearer requirement's role (OpenAPI 3.1 allows role names for any
+        # scheme) and, whether or not this service asks for tokens, as x-required-scope.
+        scope = operation.scope or ADMIN
+        document["x-required-scope"] = scope
+        document["security"] = [{"bearer": [scope]}] if auth else []
         responses.setdefault("400", _response(Reply("a parameter or the body is not valid"), refs))
         if auth:
             responses.setdefault("401", _response(Reply("no valid bearer token"), refs))
+            responses.setdefault("403", _response(Reply(f"the token lacks the scope {scope} (named in scope)"), refs))
+            responses.setdefault("503", _response(Reply("the authoriser cannot answer now; see Retry-After"), refs))
+        responses.setdefault("429", _response(Reply("rate limit exceeded; see Retry-After"), refs))
     if parameters:
         document["parameters"] = parameters
     if operation.body is not None:

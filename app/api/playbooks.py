@@ -7,6 +7,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from app.api.access import PLAYBOOKS_READ
 from app.api.inputs import QueryInt, parse_body, parse_query, query_values, read_json_body
 from app.api.openapi import Operation, Reply
 from app.api.problems import Problem
@@ -161,6 +162,7 @@ operations = [
         RANKED,
         query=SearchParameters,
         description="Label filters: label.<name>=<value> query parameters (exact matches).",
+        scope=PLAYBOOKS_READ,
     ),
     Operation(
         "POST /api/v1/playbooks/search",
@@ -168,23 +170,27 @@ operations = [
         "Rank playbooks for an incident description",
         {**RANKED, 413: Reply("the body is too large"), 415: Reply("the body is not JSON")},
         body=SearchRequest,
+        scope=PLAYBOOKS_READ,
     ),
     Operation(
         "GET /api/v1/playbooks/{playbook_id}",
         "getPlaybook",
         "The latest active version of a playbook",
         {200: Reply("the playbook", PlaybookRecord), 404: Reply("no active version of this playbook")},
+        scope=PLAYBOOKS_READ,
     ),
     Operation(
         "GET /api/v1/playbooks/{playbook_id}/versions",
         "listPlaybookVersions",
         "Every version, newest semantic version first",
         {200: Reply("the versions", PlaybookVersions), 404: Reply("no such playbook")},
+        scope=PLAYBOOKS_READ,
     ),
     Operation(
         "GET /api/v1/playbooks/{playbook_id}/versions/{version}",
         "getPlaybookVersion",
         "One version of a playbook",
         {200: Reply("the version", PlaybookRecord), 404: Reply("no such playbook or version")},
+        scope=PLAYBOOKS_READ,
     ),
 ]

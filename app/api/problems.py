@@ -12,12 +12,13 @@ PROBLEM_TYPE_BASE = "https://datastorage.dev/problems/"
 TITLES = {
     400: "Bad Request",
     401: "Unauthorized",
-    404: "Not Found",
     403: "Forbidden",
+    404: "Not Found",
     405: "Method Not Allowed",
     409: "Conflict",
     413: "Content Too Large",
     415: "Unsupported Media Type",
+    429: "Too Many Requests",
     500: "Internal Server Error",
     503: "Service Unavailable",
 }

@@ -10,7 +10,9 @@ from typing import Annotated
 import typer
 from rich.progress import Progress
 
+from app.audit.self_audit import Action
 from app.cli.common import load_settings, with_redis
+from app.cli.self_audit import record_cli_action
 from app.core.redis_client import RedisClient
 from app.streams.operations import DeadLetterEntry, dlq_list, dlq_purge, dlq_replay, dlq_show, iterate_dead_letters
 
@@ -84,6 +86,13 @@ def replay(
         raise typer.BadParameter(str(error), param_hint="ENTRY_IDS") from None
     target = "the streams of their shards" if keys.sharded else keys.stream
     typer.echo(f"replayed {moved} of {selected} dead letter(s) to {target}")
+    record_cli_action(
+        settings,
+        Action.DLQ_REPLAYED,
+        resource_type="dlq",
+        resource_id=keys.dlq,
+        data={"replayed": moved, "selected": selected, "reason": reason, "entry_ids": (entry_ids or [])[:100]},
+    )
 
 
 @dlq_cli.command("purge")
@@ -99,3 +108,10 @@ def purge(
         typer.confirm(f"delete {what} from {where} for good?", abort=True)
     purged = with_redis(settings, lambda client: dlq_purge(client, settings.stream_keys, reason=reason))
     typer.echo(f"purged {purged} dead letter(s)")
+    record_cli_action(
+        settings,
+        Action.DLQ_PURGED,
+        resource_type="dlq",
+        resource_id=settings.dlq_stream,
+        data={"purged": purged, "reason": reason},
+    )

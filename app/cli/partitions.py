@@ -7,7 +7,9 @@ from typing import Annotated
 import typer
 
 from app.audit.partitions import drop_partitions_before, ensure_upcoming_partitions, list_partitions
+from app.audit.self_audit import Action
 from app.cli.common import load_settings, with_postgres
+from app.cli.self_audit import record_cli_action
 
 partitions_cli = typer.Typer(help="Monthly partitions of audit_events.", no_args_is_help=True)
 
@@ -65,3 +67,14 @@ def drop(
         typer.confirm(f"drop these {len(candidates)} partition(s) and their rows for good?", abort=True)
     dropped = with_postgres(settings, lambda conn: drop_partitions_before(conn, months))
     typer.echo(f"dropped {len(dropped)} partition(s)")
+    record_cli_action(
+        settings,
+        Action.PARTITIONS_DROPPED,
+        resource_type="audit_partition",
+        resource_id="audit_events",
+        data={
+            "older_than": f"{months}mo",
+            "partitions": [{"name": p.name, "month": f"{p.month:%Y-%m}", "estimated_rows": p.rows} for p in dropped],
+            "estimated_rows": sum(max(p.rows, 0) for p in dropped),
+        },
+    )

@@ -7,10 +7,12 @@ from typing import Annotated
 
 import typer
 
+from app.audit.self_audit import Action
 from app.catalog.embedding import Embedder
 from app.catalog.playbook import CatalogError
 from app.catalog.search import DEFAULT_MAX_RESULTS, DEFAULT_MIN_CONFIDENCE, MAX_RESULTS_LIMIT
 from app.cli.common import database_url, load_settings
+from app.cli.self_audit import record_cli_action
 
 playbooks_cli = typer.Typer(help="The remediation playbook catalog.", no_args_is_help=True)
 
@@ -39,6 +41,20 @@ def import_(
     typer.echo(
         f"{summary.entries} versions of {summary.playbooks} playbooks: {summary.changed} written, "
         f"{summary.embedded} embedded"
+    )
+    record_cli_action(
+        settings,
+        Action.CATALOG_IMPORTED,
+        resource_type="playbook_catalog",
+        resource_id=file.name,
+        data={
+            "file": str(file),
+            "force": force,
+            "versions": summary.entries,
+            "playbooks": summary.playbooks,
+            "written": summary.changed,
+            "embedded": summary.embedded,
+        },
     )
 
 

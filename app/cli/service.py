@@ -39,9 +39,16 @@ def consume() -> None:
 def serve() -> None:
     """Serve the HTTP API (audit queries and writes, health) on DATASTORAGE_HTTP_PORT."""
     from app.api.server import serve as serve_api
+    from app.api.tokens import TokenFileError
+    from app.core.settings import MissingSetting
 
-    settings = _service_settings()
-    serve_api(settings, load_signer(settings.audit_signing_key_file))
+    try:
+        settings = _service_settings()
+        serve_api(settings, load_signer(settings.audit_signing_key_file))
+    except (TokenFileError, MissingSetting) as error:
+        # Access control that cannot be set up as configured: refuse to start, saying why.
+        typer.echo(f"serve: {error}", err=True)
+        raise typer.Exit(2) from None
 
 
 def migrate() -> None:

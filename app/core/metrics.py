@@ -99,6 +99,28 @@ HTTP_REQUEST_DURATION = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
+ACCESS_DENIED = Counter(
+    "datastorage_access_denied_total",
+    "Requests refused by authentication (401: no or unknown token) or authorisation (403: scope missing).",
+    ["status"],
+)
+RATE_LIMITED = Counter(
+    "datastorage_rate_limited_requests_total", "Requests refused with 429 by the per-identity rate limit."
+)
+KUBERNETES_REVIEWS = Counter(
+    "datastorage_kubernetes_reviews_total",
+    "TokenReviews and SubjectAccessReviews sent to the Kubernetes API server, by kind and outcome "
+    "(allowed, denied, error).",
+    ["kind", "outcome"],
+)
+KUBERNETES_REVIEW_CACHE_HITS = Counter(
+    "datastorage_kubernetes_review_cache_hits_total", "Review answers reused from the cache, by kind.", ["kind"]
+)
+SELF_AUDIT_WRITE_FAILURES = Counter(
+    "datastorage_self_audit_write_failures_total",
+    "Self-audit events (the service's own actions) that neither Redis nor Postgres took.",
+)
+
 PLAYBOOK_SEARCH_DURATION = Histogram(
     "datastorage_playbook_search_duration_seconds",
     "Playbook searches, from the query text to the ranked rows (embedding included).",

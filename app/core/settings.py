@@ -15,6 +15,8 @@ from app.streams.keys import StreamKeys
 
 # The checkout's root: `schema/` lives here, and the embedded servers keep their data below it.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# Where Kubernetes mounts a pod's service-account token, CA and namespace.
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
 class MissingSetting(ValueError):
@@ -98,10 +100,38 @@ class Settings(BaseSettings):
     # Top-level event_data keys an export replaces by their commitments (comma-separated).
     audit_export_redact: str = ""
 
-    # HTTP API. Tokens: comma-separated, or one per line in a file; none configured = no auth.
+    # HTTP API. Tokens: comma-separated (every right), or `TOKEN [SCOPES] [NAME]` lines in a file
+    # (app/api/tokens.py); none configured = no auth. `kubernetes`: TokenReview + SubjectAccessReview.
+    auth: Literal["tokens", "kubernetes"] = "tokens"
     api_tokens: str | None = None
     api_tokens_file: Path | None = None
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+
+    # DATASTORAGE_AUTH=kubernetes (app/api/kubernetes.py). The API server: this URL, or the pod's
+    # in-cluster one (KUBERNETES_SERVICE_HOST/PORT) with the service account's token and CA.
+    kubernetes_api_url: str | None = None
+    kubernetes_token_file: Path = SERVICE_ACCOUNT_DIR / "token"
+    kubernetes_ca_file: Path = SERVICE_ACCOUNT_DIR / "ca.crt"
+    # The resource each request is reviewed on (verbs: get to read, create to write, update to
+    # administer). A resource of our own group, not a real object: granting `update` on it changes
+    # nothing in the cluster. Namespace: unset is the pod's own (else `default`).
+    kubernetes_resource_group: str = "datastorage.dev"
+    kubernetes_resource: str = "datastorage"
+    kubernetes_resource_name: str = ""
+    kubernetes_namespace: str | None = None
+    # How long a TokenReview or SubjectAccessReview answer is reused (0: ask every time).
+    kubernetes_cache_s: float = Field(default=10.0, ge=0)
+    kubernetes_timeout_s: float = Field(default=5.0, gt=0)
+
+    # Requests per second and burst per identity (token NAME, Kubernetes user, or client IP without
+    # auth), per pod; unset = no limit.
+    rate_limit_per_s: float | None = Field(default=None, gt=0)
+    rate_limit_burst: int | None = Field(default=None, ge=1)
+
+    # Denied requests (401, 403) become one self-audit event per identity and window once they
+    # reach the threshold in it: the trail sees an attack without being flooded by it.
+    audit_denied_threshold: int = Field(default=5, ge=1)
+    audit_denied_window_s: float = Field(default=60.0, gt=0)
 
     # The playbook embedding model's runtime: onnx (exported once into model_cache_dir; same
     # vectors, twice as fast) or torch (sentence-transformers as published).
@@ -146,8 +176,8 @@ class Settings(BaseSettings):
     def database_read_urls(self) -> list[str]:
         return (self.database_read_url or "").split()
 
-    def api_token_set(self) -> frozenset[str]:
-        tokens = [t.strip() for t in (self.api_tokens or "").split(",")]
-        if self.api_tokens_file is not None:
-            tokens += [line.strip() for line in self.api_tokens_file.read_text().splitlines()]
-        return frozenset(t for t in tokens if t)
+    def kubernetes_pod_namespace(self) -> str:
+        if self.kubernetes_namespace:
+            return self.kubernetes_namespace
+        own = self.kubernetes_token_file.parent / "namespace"
+        return own.read_text().strip() if own.is_file() else "default"
