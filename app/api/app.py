@@ -17,8 +17,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from app.api import audit, health, playbooks
-from app.api.health import health_routes
-from app.api.middleware import BearerAuth, RequestMetrics
+from app.api.health import PodReadiness, health_routes
+from app.api.middleware import BearerAuth, RequestMetrics, UnexpectedErrors
 from app.api.openapi import openapi_document
 from app.api.problems import EXCEPTION_HANDLERS
 from app.api.resources import Resources
@@ -46,18 +46,17 @@ def api_document(auth: bool) -> dict[str, Any]:
 def create_app(settings: Settings) -> Starlette:
     tokens = settings.api_token_set()
     loader = shared_loader(settings.embedding_backend, settings.model_cache_dir)
+    readiness = PodReadiness(
+        {"postgres": check_postgres, "redis": check_redis, "embedding_model": check_model}, schema_check=check_schema
+    )
     app = Starlette(
-        routes=[
-            *health_routes({"postgres": check_postgres, "redis": check_redis, "embedding_model": check_model}),
-            Route("/openapi.json", openapi),
-            *audit.routes,
-            *playbooks.routes,
-        ],
-        middleware=[Middleware(RequestMetrics), Middleware(BearerAuth, tokens=tokens)],
+        routes=[*health_routes(readiness), Route("/openapi.json", openapi), *audit.routes, *playbooks.routes],
+        middleware=[Middleware(RequestMetrics), Middleware(UnexpectedErrors), Middleware(BearerAuth, tokens=tokens)],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=lambda app: lifespan(app, settings, loader),
     )
     app.state.auth = bool(tokens)
+    app.state.readiness = readiness  # the server drains it on SIGTERM (app/api/server.py)
     if not tokens:
         log.warning("api_auth_disabled", hint="set DATASTORAGE_API_TOKENS or DATASTORAGE_API_TOKENS_FILE")
     return app
@@ -65,22 +64,41 @@ def create_app(settings: Settings) -> Starlette:
 
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette, settings: Settings, loader: EmbedderLoader) -> AsyncIterator[None]:
+    # Nothing here connects: a pod starts (and is ready) while Postgres or Redis is down. Every wait
+    # for a connection is bounded (db_pool_timeout_s), so a request fails in time (503) instead.
     database_url = settings.require_database_url()
-    engine = create_engine(database_url, pool_size=settings.db_pool_size, json_deserializer=orjson.loads)
-    client = aioredis.from_url(settings.require_redis_url(), socket_timeout=5, socket_connect_timeout=2)
-    pool = await create_pool(database_url, min_size=0, max_size=settings.db_pool_size)
-    writer = AuditWriter(AuditProducer(client, settings.stream), AuditStore(pool))
-    app.state.resources = Resources(settings, engine, pool, client, writer, loader)
-    stop_worker = asyncio.Event()
-    worker = asyncio.create_task(
-        keep_embeddings_fresh(database_url, pool, loader, stop_worker, settings.embedding_sweep_interval_s)
+    engine = create_engine(
+        database_url,
+        pool_size=settings.db_pool_size,
+        pool_timeout=settings.db_pool_timeout_s,
+        connect_args={"timeout": settings.db_pool_timeout_s},
+        json_deserializer=orjson.loads,
     )
+    client = aioredis.from_url(settings.require_redis_url(), socket_timeout=5, socket_connect_timeout=2)
+    pool = await create_pool(
+        database_url,
+        min_size=0,
+        max_size=settings.db_pool_size,
+        acquire_timeout=settings.db_pool_timeout_s,
+        timeout=settings.db_pool_timeout_s,
+    )
+    writer = AuditWriter(AuditProducer(client, settings.stream), AuditStore(pool))
+    found = Resources(settings, engine, pool, client, writer, loader)
+    app.state.resources = found
+    stop = asyncio.Event()
+    worker = asyncio.create_task(
+        keep_embeddings_fresh(database_url, pool, loader, stop, settings.embedding_sweep_interval_s)
+    )
+    readiness: PodReadiness = app.state.readiness
+    refresher = asyncio.create_task(readiness.keep_refreshing(found, stop))
+    readiness.started = True
     try:
         yield
     finally:
-        stop_worker.set()
-        await asyncio.wait([worker], timeout=10)
+        stop.set()
+        await asyncio.wait([worker, refresher], timeout=10)
         worker.cancel()
+        refresher.cancel()
         await pool.close()
         await client.aclose()
         await engine.dispose()
@@ -88,9 +106,14 @@ async def lifespan(app: Starlette, settings: Settings, loader: EmbedderLoader) -
 
 async def check_postgres(resources: Resources) -> str | None:
     async with resources.engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+    return None
+
+
+async def check_schema(resources: Resources) -> str | None:
+    async with resources.engine.connect() as conn:
         raw = await conn.get_raw_connection()
         pending = await pending_migrations(raw.driver_connection, resources.settings.schema_dir)
-        await conn.execute(text("SELECT 1"))
     return f"schema not migrated: {len(pending)} migration(s) pending" if pending else None
 
 
@@ -100,7 +123,8 @@ async def check_redis(resources: Resources) -> str | None:
 
 
 async def check_model(resources: Resources) -> str | None:
-    return None if resources.embedder_loader.ready else "loading"
+    loader = resources.embedder_loader
+    return {"ready": None, "loading": "loading"}.get(loader.state, f"failed: {loader.error}")
 
 
 async def openapi(request: Request) -> JSONResponse:

@@ -28,7 +28,6 @@ from app.audit.query import (
     parse_time_bound,
 )
 from app.audit.record import record_json
-from app.audit.writer import StoresUnavailable
 
 MAX_EVENTS_PER_REQUEST = 1000
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
@@ -150,12 +149,7 @@ async def create_audit_events(request: Request) -> Response:
         raise Problem(400, f"at most {MAX_EVENTS_PER_REQUEST} events per request")
     events = validate_events(items, found.settings.validation_limits, trace_context(request))
     ids = [str(event.event_id) for event in events]
-    try:
-        status = await found.writer.write(events)
-    except StoresUnavailable:
-        raise Problem(
-            503, "neither Redis nor Postgres can take events now; retry later", headers={"Retry-After": "5"}
-        ) from None
+    status = await found.writer.write(events)  # StoresUnavailable: a 503 (app/api/problems.py)
     answer = {"event_id": ids[0], "status": status} if single else {"event_ids": ids, "status": status}
     return JSONResponse(answer, status_code=202 if status == "accepted" else 201)
 

@@ -1,4 +1,4 @@
-"""Two small ASGI middlewares: request metrics, and bearer-token auth for `/api/`."""
+"""Small ASGI middlewares: request metrics, answers to unexpected errors, bearer-token auth for `/api/`."""
 
 import hmac
 import time
@@ -6,7 +6,7 @@ import time
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.problems import Problem, problem_response
+from app.api.problems import Problem, handle_unexpected, problem_response
 from app.core import metrics
 
 
@@ -37,6 +37,35 @@ class RequestMetrics:
             labels = (scope["method"], getattr(route, "path", "unmatched"), str(status))
             metrics.HTTP_REQUESTS.labels(*labels).inc()
             metrics.HTTP_REQUEST_DURATION.labels(*labels).observe(time.perf_counter() - started)
+
+
+class UnexpectedErrors:
+    """Answers an error no handler took with a 500 problem document and keeps the connection.
+
+    Starlette's own last-resort handler answers too, but then re-raises, and uvicorn closes the
+    client's keep-alive connection. Only a response already under way is given up (re-raised)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_noting_start(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_start)
+        except Exception as error:
+            if started:
+                raise
+            response = await handle_unexpected(Request(scope), error)
+            await response(scope, receive, send)
 
 
 class BearerAuth:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Select, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.audit.event import ActorType, EventOutcome, parse_rfc3339
+from app.audit.event import ActorType, EventOutcome, parse_rfc3339, utc_representable
 from app.audit.record import audit_events
 
 MAX_PAGE_SIZE = 1000
@@ -58,7 +58,10 @@ TIME_BOUND_PATTERN = f"^({RELATIVE_TIME}|{RFC3339_TIME})$"
 def parse_time_bound(text: str) -> datetime:
     """RFC 3339, or a duration back from now: `15m`, `24h`, `7d`."""
     if match := _RELATIVE.match(text):
-        return datetime.now(UTC) - timedelta(**{_UNITS[match[2]]: int(match[1])})
+        try:
+            return datetime.now(UTC) - timedelta(**{_UNITS[match[2]]: int(match[1])})
+        except OverflowError:  # 999999w: before year 1
+            raise ValueError("reaches back before year 1") from None
     try:
         return parse_rfc3339(text)
     except ValueError:
@@ -81,8 +84,8 @@ class Cursor:
         try:
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
             timestamp, event_id = orjson.loads(raw)
-            cursor = cls(datetime.fromisoformat(timestamp), uuid.UUID(event_id))
-        except (ValueError, TypeError, orjson.JSONDecodeError):
+            cursor = cls(utc_representable(datetime.fromisoformat(timestamp)), uuid.UUID(event_id))
+        except (ValueError, TypeError, AttributeError, orjson.JSONDecodeError):
             raise ValueError("is not a cursor this service gave out") from None
         if cursor.event_timestamp.tzinfo is None:
             raise ValueError("is not a cursor this service gave out")

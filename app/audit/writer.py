@@ -1,8 +1,11 @@
-"""The write policy of the HTTP side: Redis first, Postgres when Redis is away, else refuse.
+"""The write policy of the HTTP side: Redis first, Postgres when Redis cannot take the events, else refuse.
 
-Events are XADDed to the audit stream (the consumer stores them). When Redis cannot take them they
-are written straight to Postgres, idempotently: the same event_id is one row even if some of the
-XADDs got through before Redis went away. Only when both stores fail is the write refused.
+Events are XADDed to the audit stream (the consumer stores them). When Redis cannot take them (it
+is unreachable, or it refuses writes: out of memory, a read-only replica after a fail-over, too few
+replicas, a failed save) they are written straight to Postgres, idempotently: the same event_id is
+one row even if some of the XADDs got through before Redis refused. Only when both stores fail is
+the write refused. Log lines name the error's kind, never the command: redis-py puts the failed
+XADD, fields and all, into a pipeline error's message.
 """
 
 from collections.abc import Sequence
@@ -13,6 +16,7 @@ import structlog
 
 from app.audit.event import AuditEvent
 from app.audit.store import AuditStore
+from app.core.sqlstate import describe_store_error
 from app.producer import AuditProducer
 
 log = structlog.get_logger(__name__)
@@ -34,13 +38,18 @@ class AuditWriter:
         try:
             await self.producer.publish_many(events)
             return "accepted"
-        except (redis.ConnectionError, redis.TimeoutError) as redis_error:
-            try:
-                await self.store.insert(events)
-            except Exception as db_error:  # noqa: BLE001 - whatever failed, neither store took them
-                log.error(
-                    "write_failed_both_stores", redis_error=str(redis_error), db_error=str(db_error), events=len(events)
-                )
-                raise StoresUnavailable() from None
-            log.warning("redis_unavailable_wrote_to_postgres", events=len(events), error=str(redis_error))
-            return "stored"
+        except redis.RedisError as redis_error:
+            # Any Redis failure means the stream may not hold them: Postgres can.
+            redis_said = describe_store_error(redis_error)
+        try:
+            await self.store.insert(events)
+        except Exception as db_error:  # noqa: BLE001 - whatever failed, neither store took them
+            log.error(
+                "write_failed_both_stores",
+                redis_error=redis_said,
+                db_error=describe_store_error(db_error),
+                events=len(events),
+            )
+            raise StoresUnavailable() from None
+        log.warning("redis_unavailable_wrote_to_postgres", events=len(events), error=redis_said)
+        return "stored"
