@@ -198,6 +198,92 @@ class ConsumerProcess:
         return self.process is not None and self.process.poll() is None
 
 
+class ServedApi:
+    """`datastorage serve` in a process of its own, on a free port (the real uvicorn and its
+    connection protocol); `settings` are DATASTORAGE_* overrides (lower-case names)."""
+
+    def __init__(self, database_url: str, redis_url: str, log_dir: Path, **settings: Any):
+        from app.local.embedded import free_port
+
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"serve-{time.monotonic_ns()}.log"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("DATASTORAGE_")},
+            "DATASTORAGE_DATABASE_URL": database_url, "DATASTORAGE_REDIS_URL": redis_url,
+            "DATASTORAGE_HTTP_HOST": "127.0.0.1", "DATASTORAGE_HTTP_PORT": str(self.port),
+            "DATASTORAGE_METRICS_PORT": "0", "DATASTORAGE_LOG_FORMAT": "json",
+            **{f"DATASTORAGE_{key.upper()}": str(value) for key, value in settings.items()},
+        }
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60) -> "ServedApi":
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen([DATASTORAGE, "serve"], env=self.env, stdin=subprocess.DEVNULL,
+                                            stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(f"{self.base_url}/healthz", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            assert self.process.poll() is None and time.monotonic() < deadline, self.log()
+            time.sleep(0.1)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def log_events(self, name: str) -> list[dict]:
+        found = []
+        for line in self.log().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("event") == name:
+                found.append(record)
+        return found
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+        return self.process.wait(timeout=60)
+
+    def __enter__(self) -> "ServedApi":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+def raw_http(port: int, requests: list[bytes], timeout: float = 10) -> list[bytes]:
+    """Sends `requests` one after the other on ONE connection; returns each response's head and
+    body (b"" once the server closed the connection): a keep-alive check on the wire."""
+    import socket
+
+    answers = []
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        reader = sock.makefile("rb")
+        for request in requests:
+            try:
+                sock.sendall(request)
+                head = b""
+                while not head.endswith(b"\r\n\r\n"):
+                    line = reader.readline()
+                    if not line:
+                        break
+                    head += line
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                answers.append(head + reader.read(length))
+            except OSError:
+                answers.append(b"")
+    return answers
+
+
 def start_run(env_overrides: dict) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DATASTORAGE_")}
     env.update({"DATASTORAGE_LOG_FORMAT": "json", **env_overrides})

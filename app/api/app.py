@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from app.api import audit, health, playbooks
 from app.api.health import PodReadiness, health_routes
-from app.api.middleware import BearerAuth, RequestMetrics, UnexpectedErrors
+from app.api.middleware import BearerAuth, LongUrls, RequestMetrics, UnexpectedErrors
 from app.api.openapi import openapi_document
 from app.api.problems import EXCEPTION_HANDLERS
 from app.api.resources import Resources
@@ -51,7 +51,12 @@ def create_app(settings: Settings) -> Starlette:
     )
     app = Starlette(
         routes=[*health_routes(readiness), Route("/openapi.json", openapi), *audit.routes, *playbooks.routes],
-        middleware=[Middleware(RequestMetrics), Middleware(UnexpectedErrors), Middleware(BearerAuth, tokens=tokens)],
+        middleware=[
+            Middleware(RequestMetrics),
+            Middleware(UnexpectedErrors),
+            Middleware(BearerAuth, tokens=tokens),
+            Middleware(LongUrls),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=lambda app: lifespan(app, settings, loader),
     )

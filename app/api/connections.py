@@ -15,13 +15,19 @@ This protocol adds, per server:
   is always accepted while the descriptors last;
 * a cap on requests in flight: beyond `max_requests_in_flight` a request is answered 503 at once.
   uvicorn's own `limit_concurrency` counts connections too, so idle connections would make
-  /healthz a 503; this one counts requests only.
+  /healthz a 503; this one counts requests only;
+* long URLs reach the app: httptools refuses to split a URL over 65,535 bytes and uvicorn then
+  answers a plain-text 400 and closes the connection. Here such a URL is split as httptools
+  would (path, query) and the app answers a problem document naming the parameter
+  (`app/api/middleware.py`), on a connection that stays open. A request head over
+  MAX_HEAD_BYTES closes the connection (what a client could make the server hold is bounded).
 
 It is uvicorn's fast path otherwise (httptools parser, uvloop): `ops/bench/http_server.py`
 measures both.
 """
 
 import asyncio
+import urllib.parse
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -32,6 +38,12 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from app.core import metrics
 
 log = structlog.get_logger(__name__)
+
+
+# httptools.parse_url refuses longer URLs.
+URL_PARSER_LIMIT = 65_535
+# A request line or the headers beyond this close the connection (uvicorn has no such bound).
+MAX_HEAD_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -51,6 +63,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.header_timer: asyncio.TimerHandle | None = None
+        self.head_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -62,7 +75,21 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._stop_waiting()
         super().connection_lost(exc)
 
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if len(self.url) > MAX_HEAD_BYTES and not self.transport.is_closing():
+            metrics.HTTP_SHED.labels("head_too_large").inc()
+            self.transport.close()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        super().on_header(name, value)
+        self.head_bytes += len(name) + len(value)
+        if self.head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
+            metrics.HTTP_SHED.labels("head_too_large").inc()
+            self.transport.close()
+
     def on_message_begin(self) -> None:
+        self.head_bytes = 0
         super().on_message_begin()
         if self.header_timer is None:  # the next request on a keep-alive connection
             self._wait_for_head()
@@ -75,7 +102,16 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.limit_concurrency = 0 if busy else None
         if busy:
             metrics.HTTP_SHED.labels("requests_in_flight").inc()
+        long_url = self.url if len(self.url) > URL_PARSER_LIMIT else None
+        if long_url is not None:
+            self.url = b"/"  # what httptools can parse; the scope gets the real URL below
         super().on_headers_complete()
+        if long_url is not None and "path" in self.scope:
+            # The ASGI task has not run yet: its scope is this dict.
+            raw_path, _, query = long_url.partition(b"#")[0].partition(b"?")
+            self.scope["raw_path"] = raw_path
+            self.scope["path"] = urllib.parse.unquote(raw_path.decode("ascii", "replace"))
+            self.scope["query_string"] = query
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

@@ -2,8 +2,10 @@
 
 import hmac
 import time
+import urllib.parse
 
 from starlette.requests import Request
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.problems import Problem, handle_unexpected, problem_response
@@ -66,6 +68,39 @@ class UnexpectedErrors:
                 raise
             response = await handle_unexpected(Request(scope), error)
             await response(scope, receive, send)
+
+
+# URLs longer than this are refused (400) naming their longest parameter; the connection protocol
+# lets them reach the app (app/api/connections.py).
+MAX_URL_BYTES = 64 * 1024
+
+
+class LongUrls:
+    """A URL over MAX_URL_BYTES is a 400 problem naming its longest parameter (in the query, or in
+    the path of the route it would take)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or len(scope["raw_path"]) + len(scope["query_string"]) <= MAX_URL_BYTES:
+            await self.app(scope, receive, send)
+            return
+        name = _longest_parameter(scope)
+        problem = Problem(400, f"{name}: the URL is longer than {MAX_URL_BYTES} bytes", parameter=name)
+        await problem_response(Request(scope), problem)(scope, receive, send)
+
+
+def _longest_parameter(scope: Scope) -> str:
+    sizes: dict[str, int] = {}
+    for name, value in urllib.parse.parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True):
+        sizes[name] = max(sizes.get(name, 0), len(value))
+    for route in getattr(scope.get("app"), "routes", ()):
+        match, child = route.matches(scope)
+        if match is not Match.NONE:
+            sizes.update({name: len(str(value)) for name, value in child.get("path_params", {}).items()})
+            break
+    return max(sizes, key=lambda name: sizes[name]) if sizes else "path"
 
 
 class BearerAuth:
