@@ -284,6 +284,59 @@ def raw_http(port: int, requests: list[bytes], timeout: float = 10) -> list[byte
     return answers
 
 
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+# Opens N connections to a port, sends half a request head on each, says how many it holds, and
+# holds them until its stdin closes: a slow-client attack. A process holds at most 9,000 (file
+# descriptors), so larger numbers take several.
+_HALF_OPEN = """
+import resource, socket, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+port, count = int(sys.argv[1]), int(sys.argv[2])
+held = []
+for _ in range(count):
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(b"GET /healthz HTTP/1.1\\r\\nHost: a")
+        held.append(sock)
+    except OSError:
+        pass
+print(len(held), flush=True)
+sys.stdin.read()
+"""
+
+
+class hold_half_open_connections:
+    """`with hold_half_open_connections(port, n) as held:` n half-open connections (held.opened
+    of them made it) until the block ends."""
+
+    PER_PROCESS = 9000
+
+    def __init__(self, port: int, count: int):
+        self.port, self.count, self.opened = port, count, 0
+        self.processes: list[subprocess.Popen] = []
+
+    def __enter__(self) -> "hold_half_open_connections":
+        for start in range(0, self.count, self.PER_PROCESS):
+            share = min(self.PER_PROCESS, self.count - start)
+            self.processes.append(subprocess.Popen(
+                [sys.executable, "-c", _HALF_OPEN, str(self.port), str(share)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+        self.opened = sum(int(process.stdout.readline() or 0) for process in self.processes)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for process in self.processes:
+            process.stdin.close()
+            process.wait(timeout=60)
+
+
 def start_run(env_overrides: dict) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DATASTORAGE_")}
     env.update({"DATASTORAGE_LOG_FORMAT": "json", **env_overrides})

@@ -107,6 +107,8 @@ def unwrap(error: BaseException) -> BaseException:
 
 def redis_error_code(error: redis.RedisError) -> str:
     """The first word of a Redis error reply (`OOM`, `READONLY`, …), without the command."""
+    if code := getattr(error, "status_code", None):  # redis-py keeps it for the replies it maps
+        return str(code)
     message = str(error.args[0]) if error.args else ""
     message = message.rpartition(_PIPELINE_PREFIX)[2].lstrip("('\"")
     return message.split(" ", 1)[0] if message[:1].isupper() else ""
