@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -51,6 +51,8 @@ def test_a_duration_is_a_usable_time_or_a_value_error(amount, unit):
 
 @PROPERTIES
 @given(rfc3339_texts() | st.text(max_size=40))
+@example("0001-01-01T00:00:00+01:00")
+@example("9999-12-31T23:59:59-00:01")
 def test_an_rfc3339_text_is_a_usable_time_or_a_value_error(text):
     for parse in (parse_rfc3339, parse_time_bound):
         try:
@@ -82,6 +84,7 @@ def _encoded(value) -> str:
        | json_values.map(_encoded)
        | st.tuples(rfc3339_texts(), st.uuids().map(str)).map(list).map(_encoded)
        | st.tuples(json_values, json_values).map(list).map(_encoded))
+@example(_encoded(["0001-01-01T00:30:00+01:00", "6a1f0c4e-8d7b-4e59-9a8c-0f3e2d1c4b5a"]))
 def test_a_cursor_is_usable_or_a_value_error(text):
     try:
         cursor = Cursor.decode(text)
@@ -105,6 +108,18 @@ def test_query_values_are_texts_without_nul_or_a_400(params):
         assert problem.status == 400 and "parameter" in problem.extensions
         return
     assert all("\x00" not in value for value in values.values())
+
+
+@PROPERTIES
+@given(st.text(max_size=30) | st.integers().map(str))
+def test_a_query_number_is_a_whole_number_or_a_value_error(text):
+    from app.api.inputs import _whole_number
+
+    try:
+        value = _whole_number(text)
+    except ValueError:
+        return
+    assert isinstance(value, int)
 
 
 def test_json_limits_of_a_stream_entry_count_bytes_not_characters():

@@ -112,6 +112,9 @@ def _operation(operation: Operation, refs: dict, auth: bool) -> dict[str, Any]:
         responses.setdefault("400", _response(Reply("a parameter or the body is not valid"), refs))
         if auth:
             responses.setdefault("401", _response(Reply("no valid bearer token"), refs))
+        # Any route may find a store away (app/api/problems.py): a problem with Retry-After.
+        responses.setdefault("503", _response(Reply("a store is unavailable; retry after Retry-After seconds"), refs))
+        responses = dict(sorted(responses.items()))
     if parameters:
         document["parameters"] = parameters
     if operation.body is not None:

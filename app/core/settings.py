@@ -77,10 +77,10 @@ class Settings(BaseSettings):
     # A page of GET /api/v1/audit-events ends early once its events reach this many bytes of JSON
     # (the cursor continues after its last row): a response's memory is bounded by bytes, not rows.
     max_page_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
-    # Slow clients (app/api/connections.py): a request's headers must arrive within
-    # http_header_timeout_s; an idle keep-alive connection is closed after http_keep_alive_s; at
-    # most http_max_connections are held (beyond, the longest-idle ones are closed) and at most
-    # http_max_requests_in_flight are handled at once (beyond: 503).
+    # Slow clients (app/api/connections.py): a connection spends at most http_header_timeout_s
+    # without a request in progress (opening, sending a head, idle); an idle keep-alive connection
+    # is closed after http_keep_alive_s; at most http_max_connections are held (beyond, the
+    # longest-waiting one is closed) and http_max_requests_in_flight handled at once (beyond: 503).
     http_header_timeout_s: float = Field(default=10.0, gt=0)
     http_keep_alive_s: float = Field(default=5.0, gt=0)
     http_max_connections: int = Field(default=10_000, ge=16)
