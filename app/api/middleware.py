@@ -1,4 +1,4 @@
-"""Small ASGI middlewares: request metrics, answers to unexpected errors, bearer-token auth for `/api/`."""
+"""Small ASGI middlewares: request metrics, answers to unexpected errors, bearer-token auth for `/api/`, long URLs."""
 
 import hmac
 import time
