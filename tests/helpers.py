@@ -219,6 +219,145 @@ def run_datastorage(settings: dict[str, str], *args: str, check: bool = True) ->
     return result
 
 
+class ServedApi:
+    """`datastorage serve` in a process of its own, on a free port (the real uvicorn and its
+    connection protocol); `settings` are DATASTORAGE_* overrides (lower-case names)."""
+
+    def __init__(self, database_url: str, redis_url: str, log_dir: Path, **settings: Any):
+        from app.local.embedded import free_port
+
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"serve-{time.monotonic_ns()}.log"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("DATASTORAGE_")},
+            "DATASTORAGE_DATABASE_URL": database_url, "DATASTORAGE_REDIS_URL": redis_url,
+            "DATASTORAGE_HTTP_HOST": "127.0.0.1", "DATASTORAGE_HTTP_PORT": str(self.port),
+            "DATASTORAGE_METRICS_PORT": "0", "DATASTORAGE_LOG_FORMAT": "json",
+            **{f"DATASTORAGE_{key.upper()}": str(value) for key, value in settings.items()},
+        }
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60) -> "ServedApi":
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen([DATASTORAGE, "serve"], env=self.env, stdin=subprocess.DEVNULL,
+                                            stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(f"{self.base_url}/healthz", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            assert self.process.poll() is None and time.monotonic() < deadline, self.log()
+            time.sleep(0.1)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def log_events(self, name: str) -> list[dict]:
+        found = []
+        for line in self.log().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("event") == name:
+                found.append(record)
+        return found
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+        return self.process.wait(timeout=60)
+
+    def __enter__(self) -> "ServedApi":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+def raw_http(port: int, requests: list[bytes], timeout: float = 10) -> list[bytes]:
+    """Sends `requests` one after the other on ONE connection; returns each response's head and
+    body (b"" once the server closed the connection): a keep-alive check on the wire."""
+    import socket
+
+    answers = []
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        reader = sock.makefile("rb")
+        for request in requests:
+            try:
+                sock.sendall(request)
+                head = b""
+                while not head.endswith(b"\r\n\r\n"):
+                    line = reader.readline()
+                    if not line:
+                        break
+                    head += line
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                answers.append(head + reader.read(length))
+            except OSError:
+                answers.append(b"")
+    return answers
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+# Opens N connections to a port, sends half a request head on each, says how many it holds, and
+# holds them until its stdin closes: a slow-client attack. A process holds at most 9,000 (file
+# descriptors), so larger numbers take several.
+_HALF_OPEN = """
+import resource, socket, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+port, count = int(sys.argv[1]), int(sys.argv[2])
+held = []
+for _ in range(count):
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(b"GET /healthz HTTP/1.1\\r\\nHost: a")
+        held.append(sock)
+    except OSError:
+        pass
+print(len(held), flush=True)
+sys.stdin.read()
+"""
+
+
+class hold_half_open_connections:
+    """`with hold_half_open_connections(port, n) as held:` n half-open connections (held.opened
+    of them made it) until the block ends."""
+
+    PER_PROCESS = 9000
+
+    def __init__(self, port: int, count: int):
+        self.port, self.count, self.opened = port, count, 0
+        self.processes: list[subprocess.Popen] = []
+
+    def __enter__(self) -> "hold_half_open_connections":
+        for start in range(0, self.count, self.PER_PROCESS):
+            share = min(self.PER_PROCESS, self.count - start)
+            self.processes.append(subprocess.Popen(
+                [sys.executable, "-c", _HALF_OPEN, str(self.port), str(share)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+        self.opened = sum(int(process.stdout.readline() or 0) for process in self.processes)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for process in self.processes:
+            process.stdin.close()
+            process.wait(timeout=60)
+
+
 def start_run(env_overrides: dict) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DATASTORAGE_")}
     env.update({"DATASTORAGE_LOG_FORMAT": "json", **env_overrides})

@@ -306,8 +306,13 @@ async def test_healthz_and_readyz(api, embedder):
 
 
 async def test_readyz_names_redis_when_it_is_down(api, redis_server):
+    # Issue 12: a store that is down is reported, not a reason to take the pod out of the Service
+    # (the write path falls back to Postgres): 200, naming Redis in checks.
     redis_server.stop()
-    body = assert_problem(await api.get("/readyz"), 503, "redis")
+    response = await api.get("/readyz")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["checks"]["redis"].startswith("unreachable")
     assert body["checks"]["postgres"] == "ok"
     assert (await api.get("/healthz")).status_code == 200
 

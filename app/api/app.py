@@ -20,8 +20,8 @@ from app.api import audit, health, integrity, playbooks
 from app.api.access import AUDIT_READ, PUBLIC, Requirement, RouteAccess
 from app.api.auth import Authenticator, Authorization, authenticator_for
 from app.api.denials import DeniedRequests
-from app.api.health import health_routes
-from app.api.middleware import RequestMetrics
+from app.api.health import PodReadiness, health_routes
+from app.api.middleware import LongUrls, RequestMetrics, UnexpectedErrors
 from app.api.openapi import openapi_document
 from app.api.problems import EXCEPTION_HANDLERS
 from app.api.ratelimit import RateLimit, token_buckets
@@ -58,8 +58,11 @@ def create_app(settings: Settings, signer: Signer | None = None) -> Starlette:
     authenticator = authenticator_for(settings)
     denials = DeniedRequests(settings.audit_denied_threshold, settings.audit_denied_window_s)
     loader = shared_loader(settings.embedding_backend, settings.model_cache_dir)
+    readiness = PodReadiness(
+        {"postgres": check_postgres, "redis": check_redis, "embedding_model": check_model}, schema_check=check_schema
+    )
     routes = [
-        *health_routes({"postgres": check_postgres, "redis": check_redis, "embedding_model": check_model}),
+        *health_routes(readiness),
         Route("/openapi.json", openapi),
         # Before the audit routes: /audit-events/export is not an event id.
         *integrity.routes,
@@ -72,6 +75,8 @@ def create_app(settings: Settings, signer: Signer | None = None) -> Starlette:
         # Outermost first: metrics see every answer, auth says who asks, the limit counts per identity.
         middleware=[
             Middleware(RequestMetrics),
+            Middleware(UnexpectedErrors),
+            Middleware(LongUrls),
             Middleware(Authorization, access=access, authenticator=authenticator, denials=denials),
             Middleware(RateLimit, buckets=token_buckets(settings.rate_limit_per_s, settings.rate_limit_burst)),
         ],
@@ -79,6 +84,7 @@ def create_app(settings: Settings, signer: Signer | None = None) -> Starlette:
         lifespan=lambda app: lifespan(app, settings, loader, signer, authenticator, denials),
     )
     app.state.auth = authenticator is not None
+    app.state.readiness = readiness  # the server drains it on SIGTERM (app/api/server.py)
     if authenticator is None:
         log.warning("api_auth_disabled", hint="set DATASTORAGE_API_TOKENS or DATASTORAGE_API_TOKENS_FILE")
     return app
@@ -93,10 +99,24 @@ async def lifespan(
     authenticator: Authenticator | None,
     denials: DeniedRequests,
 ) -> AsyncIterator[None]:
+    # Nothing here connects: a pod starts (and is ready) while Postgres or Redis is down. Every wait
+    # for a connection is bounded (db_pool_timeout_s), so a request fails in time (503) instead.
     database_url = settings.require_database_url()
-    engine = create_engine(database_url, pool_size=settings.db_pool_size, json_deserializer=orjson.loads)
+    engine = create_engine(
+        database_url,
+        pool_size=settings.db_pool_size,
+        pool_timeout=settings.db_pool_timeout_s,
+        connect_args={"timeout": settings.db_pool_timeout_s},
+        json_deserializer=orjson.loads,
+    )
     client = create_redis(settings, socket_timeout=5, socket_connect_timeout=2)
-    pool = await create_pool(database_url, min_size=0, max_size=settings.db_pool_size)
+    pool = await create_pool(
+        database_url,
+        min_size=0,
+        max_size=settings.db_pool_size,
+        acquire_timeout=settings.db_pool_timeout_s,
+        timeout=settings.db_pool_timeout_s,
+    )
     producer = AuditProducer(
         client,
         settings.stream,
@@ -107,20 +127,24 @@ async def lifespan(
     writer = AuditWriter(producer, AuditStore(pool, signer))
     reads = await read_router(settings, ReadSource("primary", engine, pool, is_primary=True))
     verifier = signer.verifier if signer else None
-    app.state.resources = Resources(settings, engine, pool, client, writer, loader, reads, verifier)
-    stop_worker = asyncio.Event()
+    found = Resources(settings, engine, pool, client, writer, loader, reads, verifier)
+    app.state.resources = found
+    stop = asyncio.Event()
+    readiness: PodReadiness = app.state.readiness
     workers = [
         asyncio.create_task(
-            keep_embeddings_fresh(database_url, pool, loader, stop_worker, settings.embedding_sweep_interval_s)
-        )
+            keep_embeddings_fresh(database_url, pool, loader, stop, settings.embedding_sweep_interval_s)
+        ),
+        asyncio.create_task(readiness.keep_refreshing(found, stop)),
+        asyncio.create_task(denials.run(writer, stop)),
     ]
     if reads.replicas:
-        workers.append(asyncio.create_task(reads.keep_measuring(stop_worker, settings.read_replica_check_interval_s)))
-    workers.append(asyncio.create_task(denials.run(writer, stop_worker)))
+        workers.append(asyncio.create_task(reads.keep_measuring(stop, settings.read_replica_check_interval_s)))
+    readiness.started = True
     try:
         yield
     finally:
-        stop_worker.set()
+        stop.set()
         await asyncio.wait(workers, timeout=10)
         for worker in workers:
             worker.cancel()
@@ -150,9 +174,14 @@ async def read_router(settings: Settings, primary: ReadSource) -> ReadRouter:
 
 async def check_postgres(resources: Resources) -> str | None:
     async with resources.engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+    return None
+
+
+async def check_schema(resources: Resources) -> str | None:
+    async with resources.engine.connect() as conn:
         raw = await conn.get_raw_connection()
         pending = await pending_migrations(raw.driver_connection, resources.settings.schema_dir)
-        await conn.execute(text("SELECT 1"))
     return f"schema not migrated: {len(pending)} migration(s) pending" if pending else None
 
 
@@ -162,7 +191,8 @@ async def check_redis(resources: Resources) -> str | None:
 
 
 async def check_model(resources: Resources) -> str | None:
-    return None if resources.embedder_loader.ready else "loading"
+    loader = resources.embedder_loader
+    return {"ready": None, "loading": "loading"}.get(loader.state, f"failed: {loader.error}")
 
 
 async def openapi(request: Request) -> JSONResponse:

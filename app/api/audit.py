@@ -5,6 +5,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, BeforeValidator, Field, RootModel, ValidationError, WithJsonSchema
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -25,13 +26,12 @@ from app.audit.query import (
     AuditQuery,
     Cursor,
     Order,
-    find_events,
+    find_page,
     get_event,
     parse_time_bound,
 )
-from app.audit.record import record_json
+from app.audit.record import JSON_COLUMNS, record_json
 from app.audit.store import DuplicateEventIds
-from app.audit.writer import StoresUnavailable
 from app.core.read_replicas import ReadSource
 
 MAX_EVENTS_PER_REQUEST = 1000
@@ -88,25 +88,35 @@ def list_query(request: Request, max_future_skew: timedelta) -> AuditQuery:
     )
 
 
+def encode_record(row: dict) -> bytes:
+    """A row as JSON; its JSON columns come as Postgres's text (app/audit/query.py) and are
+    written as they are."""
+    record = record_json(row)
+    for name in JSON_COLUMNS:
+        if record[name] is not None:
+            record[name] = orjson.Fragment(record[name])
+    # Column names are SQLAlchemy's `quoted_name`, a str subclass, which orjson takes only so.
+    return orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS)
+
+
 async def list_audit_events(request: Request) -> Response:
+    """A page bounded by rows (`limit`) and by bytes (`max_page_bytes`): the rows are encoded as
+    they are fetched, and the body is written from the encoded rows (app/audit/query.py)."""
     found = resources(request)
     query = list_query(request, found.settings.validation_limits.max_future_skew)
 
-    async def read(source: ReadSource) -> tuple[list[dict], Cursor | None]:
+    async def read(source: ReadSource) -> tuple[list[bytes], Cursor | None]:
         async with source.engine.connect() as conn:
-            return await find_events(conn, query)
+            return await find_page(conn, query, found.settings.max_page_bytes, encode_record)
 
     rows, next_cursor = await found.reads.run(read)
-    return JSONResponse(
-        {
-            "data": [record_json(row) for row in rows],
-            "pagination": {
-                "limit": query.limit,
-                "next_cursor": next_cursor.encode() if next_cursor else None,
-                "has_more": next_cursor is not None,
-            },
-        }
-    )
+    pagination = {
+        "limit": query.limit,
+        "next_cursor": next_cursor.encode() if next_cursor else None,
+        "has_more": next_cursor is not None,
+    }
+    body = b"".join((b'{"data":[', b",".join(rows), b'],"pagination":', orjson.dumps(pagination), b"}"))
+    return Response(body, media_type="application/json")
 
 
 async def get_audit_event(request: Request) -> Response:
@@ -122,7 +132,7 @@ async def get_audit_event(request: Request) -> Response:
     row = await resources(request).reads.run(read)
     if row is None:
         raise Problem(404, f"no audit event {event_id}")
-    return JSONResponse(record_json(row))
+    return Response(encode_record(row), media_type="application/json")
 
 
 def trace_context(request: Request) -> dict[str, str]:
@@ -164,11 +174,7 @@ async def create_audit_events(request: Request) -> Response:
     submissions = validate_events(items, found.settings.validation_limits, trace_context(request))
     ids = [str(s.event.event_id) for s in submissions]
     try:
-        status = await found.writer.write(submissions)
-    except StoresUnavailable:
-        raise Problem(
-            503, "neither Redis nor Postgres can take events now; retry later", headers={"Retry-After": "5"}
-        ) from None
+        status = await found.writer.write(submissions)  # StoresUnavailable: a 503 (app/api/problems.py)
     except DuplicateEventIds as error:
         raise Problem(
             409,

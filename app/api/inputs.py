@@ -50,6 +50,14 @@ def query_values(request: Request) -> dict[str, str]:
     return values
 
 
+def path_text(request: Request, name: str) -> str:
+    """A path parameter, free of NUL characters (Postgres text cannot hold one: a 400, not a 500)."""
+    value: str = request.path_params[name]
+    if "\x00" in value:
+        raise Problem(400, f"{name}: must not contain NUL characters", parameter=name)
+    return value
+
+
 def parse_query(model: type[Model], values: dict[str, Any]) -> Model:
     try:
         return model.model_validate(values)

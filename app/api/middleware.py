@@ -1,9 +1,14 @@
-"""Request metrics, an ASGI middleware (auth: app/api/auth.py; rate limits: app/api/ratelimit.py)."""
+"""Small ASGI middlewares: request metrics, answers to unexpected errors, long URLs (auth:
+app/api/auth.py; rate limits: app/api/ratelimit.py)."""
 
 import time
+import urllib.parse
 
+from starlette.requests import Request
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.problems import Problem, handle_unexpected, problem_response
 from app.core import metrics
 
 
@@ -34,3 +39,65 @@ class RequestMetrics:
             labels = (scope["method"], getattr(route, "path", "unmatched"), str(status))
             metrics.HTTP_REQUESTS.labels(*labels).inc()
             metrics.HTTP_REQUEST_DURATION.labels(*labels).observe(time.perf_counter() - started)
+
+
+class UnexpectedErrors:
+    """Answers an error no handler took with a 500 problem document and keeps the connection.
+
+    Starlette's own last-resort handler answers too, but then re-raises, and uvicorn closes the
+    client's keep-alive connection. Only a response already under way is given up (re-raised)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_noting_start(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_start)
+        except Exception as error:
+            if started:
+                raise
+            response = await handle_unexpected(Request(scope), error)
+            await response(scope, receive, send)
+
+
+# URLs longer than this are refused (400) naming their longest parameter; the connection protocol
+# lets them reach the app (app/api/connections.py).
+MAX_URL_BYTES = 64 * 1024
+
+
+class LongUrls:
+    """A URL over MAX_URL_BYTES is a 400 problem naming its longest parameter (in the query, or in
+    the path of the route it would take)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or len(scope["raw_path"]) + len(scope["query_string"]) <= MAX_URL_BYTES:
+            await self.app(scope, receive, send)
+            return
+        name = _longest_parameter(scope)
+        problem = Problem(400, f"{name}: the URL is longer than {MAX_URL_BYTES} bytes", parameter=name)
+        await problem_response(Request(scope), problem)(scope, receive, send)
+
+
+def _longest_parameter(scope: Scope) -> str:
+    sizes: dict[str, int] = {}
+    for name, value in urllib.parse.parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True):
+        sizes[name] = max(sizes.get(name, 0), len(value))
+    for route in getattr(scope.get("app"), "routes", ()):
+        match, child = route.matches(scope)
+        if match is not Match.NONE:
+            sizes.update({name: len(str(value)) for name, value in child.get("path_params", {}).items()})
+            break
+    return max(sizes, key=lambda name: sizes[name]) if sizes else "path"

@@ -122,8 +122,9 @@ def _operation(operation: Operation, refs: dict, auth: bool) -> dict[str, Any]:
         if auth:
             responses.setdefault("401", _response(Reply("no valid bearer token"), refs))
             responses.setdefault("403", _response(Reply(f"the token lacks the scope {scope} (named in scope)"), refs))
-            responses.setdefault("503", _response(Reply("the authoriser cannot answer now; see Retry-After"), refs))
         responses.setdefault("429", _response(Reply("rate limit exceeded; see Retry-After"), refs))
+        # Any route may find a store (or the Kubernetes authoriser) away: a problem with Retry-After.
+        responses.setdefault("503", _response(Reply("a store or the authoriser is unavailable; see Retry-After"), refs))
     if parameters:
         document["parameters"] = parameters
     if operation.body is not None:
@@ -134,7 +135,7 @@ def _operation(operation: Operation, refs: dict, auth: bool) -> dict[str, Any]:
             "required": True,
             "content": {JSON: {"schema": refs[(operation.body, "validation")]}},
         }
-    document["responses"] = responses
+    document["responses"] = dict(sorted(responses.items()))
     return document
 
 

@@ -8,7 +8,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app.api.access import PLAYBOOKS_READ
-from app.api.inputs import QueryInt, parse_body, parse_query, query_values, read_json_body
+from app.api.inputs import QueryInt, parse_body, parse_query, path_text, query_values, read_json_body
 from app.api.openapi import Operation, Reply
 from app.api.problems import Problem
 from app.api.resources import resources
@@ -115,7 +115,7 @@ async def search_post(request: Request) -> Response:
 
 
 async def get_playbook(request: Request) -> Response:
-    playbook_id = request.path_params["playbook_id"]
+    playbook_id = path_text(request, "playbook_id")
     async with resources(request).pool.acquire() as conn:
         row = await latest_active(conn, playbook_id)
     if row is None:
@@ -124,7 +124,7 @@ async def get_playbook(request: Request) -> Response:
 
 
 async def list_versions(request: Request) -> Response:
-    playbook_id = request.path_params["playbook_id"]
+    playbook_id = path_text(request, "playbook_id")
     async with resources(request).pool.acquire() as conn:
         rows = await versions(conn, playbook_id)
     if not rows:
@@ -133,7 +133,7 @@ async def list_versions(request: Request) -> Response:
 
 
 async def get_version(request: Request) -> Response:
-    playbook_id, version = request.path_params["playbook_id"], request.path_params["version"]
+    playbook_id, version = path_text(request, "playbook_id"), path_text(request, "version")
     async with resources(request).pool.acquire() as conn:
         row = await one_version(conn, playbook_id, version)
     if row is None:

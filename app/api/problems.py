@@ -1,10 +1,22 @@
-"""Errors as RFC 7807 problem documents (`application/problem+json`), never a stack trace or SQL."""
+"""Errors as RFC 7807 problem documents (`application/problem+json`), never a stack trace or SQL.
 
+A store that is away (Postgres or Redis unreachable, a pool with no free connection in time, Redis
+refusing writes) is a 503 with `Retry-After`, decided here for every route by
+`app.core.sqlstate.store_unavailable`; any other failure is a 500, logged. Neither closes the
+client's keep-alive connection (`app/api/middleware.py` answers what escapes the handlers).
+"""
+
+import asyncpg
+import redis
+import sqlalchemy.exc
 import structlog
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+
+from app.audit.writer import StoresUnavailable
+from app.core.sqlstate import describe_store_error, store_unavailable
 
 log = structlog.get_logger(__name__)
 
@@ -22,6 +34,16 @@ TITLES = {
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
+# Seconds a client is asked to wait before retrying after a 503.
+RETRY_AFTER_S = 5
+# What the stores' drivers raise: a store error is a 503 or a 500, never a dropped connection.
+STORE_ERRORS = (
+    OSError,  # refused, reset, timed out (TimeoutError is an OSError)
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    sqlalchemy.exc.SQLAlchemyError,
+    redis.RedisError,
+)
 
 
 class ProblemDocument(BaseModel):
@@ -75,9 +97,31 @@ async def handle_http_exception(request: Request, error: HTTPException) -> Probl
     return problem_response(request, Problem(error.status_code, detail, headers=dict(error.headers or {})))
 
 
+def unavailable(detail: str) -> Problem:
+    return Problem(503, f"{detail}; retry later", headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+async def handle_stores_unavailable(request: Request, error: StoresUnavailable) -> ProblemResponse:
+    return problem_response(request, unavailable("neither Redis nor Postgres can take events now"))
+
+
+async def handle_store_error(request: Request, error: Exception) -> ProblemResponse:
+    if not store_unavailable(error):
+        return await handle_unexpected(request, error)
+    store = "Redis" if isinstance(error, redis.RedisError) else "Postgres"
+    log.warning("store_unavailable", path=request.url.path, store=store, error=describe_store_error(error))
+    return problem_response(request, unavailable(f"{store} is unavailable"))
+
+
 async def handle_unexpected(request: Request, error: Exception) -> ProblemResponse:
     log.exception("unexpected_error", path=request.url.path, method=request.method)
     return problem_response(request, Problem(500, "the service failed to answer this request; it is logged"))
 
 
-EXCEPTION_HANDLERS = {Problem: handle_problem, HTTPException: handle_http_exception, Exception: handle_unexpected}
+EXCEPTION_HANDLERS = {
+    Problem: handle_problem,
+    HTTPException: handle_http_exception,
+    StoresUnavailable: handle_stores_unavailable,
+    **dict.fromkeys(STORE_ERRORS, handle_store_error),
+    Exception: handle_unexpected,
+}

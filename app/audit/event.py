@@ -96,14 +96,15 @@ class AuditEvent(BaseModel):
             raise ValueError("must be an RFC 3339 timestamp string, e.g. 2026-11-25T17:30:00Z")
         if value.tzinfo is None:
             raise ValueError("must carry a UTC offset (Z or ±hh:mm)")
-        return value
+        return utc_representable(value)
 
     @field_validator("event_data", "metadata", mode="before")
     @classmethod
     def _parse_json_object(cls, value: Any, info: ValidationInfo) -> Any:
         limits = _limits(info)
         if isinstance(value, (str, bytes)) and limits.json_as_text:
-            if len(value) > limits.max_json_bytes:
+            # Characters first (never more than the bytes): a huge text is refused without a copy.
+            if len(value) > limits.max_json_bytes or utf8_size(value) > limits.max_json_bytes:
                 raise ValueError(f"is larger than {limits.max_json_bytes} bytes")
             try:
                 value = orjson.loads(value)
@@ -208,7 +209,22 @@ def parse_rfc3339(text: str) -> datetime:
         raise ValueError("must be an RFC 3339 timestamp, e.g. 2026-11-25T17:30:00Z") from None
     if value.tzinfo is None:
         raise ValueError("must carry a UTC offset (Z or ±hh:mm)")
+    return utc_representable(value)
+
+
+def utc_representable(value: datetime) -> datetime:
+    """`value` if its UTC time is a datetime too: 0001-01-01T00:00:00+01:00 is not (it is in year 0),
+    nor is 9999-12-31T23:59:59-01:00, and either would fail later, far from its cause."""
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range: its UTC time falls outside the years 1 to 9999") from None
     return value
+
+
+def utf8_size(text: str | bytes) -> int:
+    """Bytes, as the HTTP body limit counts them: a four-byte character is four, not one."""
+    return len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
 
 
 def describe_validation_error(error: ValidationError) -> str:

@@ -8,20 +8,24 @@ applied to event_date, the partition key, so Postgres reads only the partitions 
 import base64
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Select, select, tuple_
+from sqlalchemy import Select, Text, cast, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.audit.event import ActorType, EventOutcome, parse_rfc3339
-from app.audit.record import STORED_COLUMNS, audit_events, record_columns
+from app.audit.event import ActorType, EventOutcome, parse_rfc3339, utc_representable
+from app.audit.record import JSON_COLUMNS, STORED_COLUMNS, audit_events, record_columns
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
+# Rows per fetch from the server-side cursor of a page: 32 of the largest events (512 KiB of JSON
+# each at most) is 16 MiB in hand; small events are fetched in few round trips all the same.
+FETCH_ROWS = 32
 Order = Literal["desc", "asc"]
 
 FilterText = Annotated[str, Field(max_length=255)]
@@ -58,7 +62,10 @@ TIME_BOUND_PATTERN = f"^({RELATIVE_TIME}|{RFC3339_TIME})$"
 def parse_time_bound(text: str) -> datetime:
     """RFC 3339, or a duration back from now: `15m`, `24h`, `7d`."""
     if match := _RELATIVE.match(text):
-        return datetime.now(UTC) - timedelta(**{_UNITS[match[2]]: int(match[1])})
+        try:
+            return datetime.now(UTC) - timedelta(**{_UNITS[match[2]]: int(match[1])})
+        except OverflowError:  # 999999w: before year 1
+            raise ValueError("reaches back before year 1") from None
     try:
         return parse_rfc3339(text)
     except ValueError:
@@ -81,8 +88,8 @@ class Cursor:
         try:
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
             timestamp, event_id = orjson.loads(raw)
-            cursor = cls(datetime.fromisoformat(timestamp), uuid.UUID(event_id))
-        except (ValueError, TypeError, orjson.JSONDecodeError):
+            cursor = cls(utc_representable(datetime.fromisoformat(timestamp)), uuid.UUID(event_id))
+        except (ValueError, TypeError, AttributeError, orjson.JSONDecodeError):
             raise ValueError("is not a cursor this service gave out") from None
         if cursor.event_timestamp.tzinfo is None:
             raise ValueError("is not a cursor this service gave out")
@@ -106,6 +113,14 @@ def _utc_date(moment: datetime) -> date:
     return moment.astimezone(UTC).date()
 
 
+# event_data and metadata are read as Postgres writes them (jsonb as text) and passed on as they
+# are: numbers stay exact (a parse into Python would make a float of a 30-digit integer), and a
+# page costs no parse and no re-encoding of its largest fields.
+_SELECTED = [
+    cast(column, Text).label(column.name) if column.name in JSON_COLUMNS else column for column in record_columns
+]
+
+
 def filtered(statement: Select, query: AuditQuery) -> Select:
     """`statement` with the query's filters and time bounds (which also bound the partitions read)."""
     t = audit_events
@@ -123,7 +138,7 @@ def filtered(statement: Select, query: AuditQuery) -> Select:
 def build_select(query: AuditQuery) -> Select:
     """A page of the query: keyset-paginated on (event_timestamp, event_id)."""
     t = audit_events
-    statement = filtered(select(*record_columns), query)
+    statement = filtered(select(*_SELECTED), query)
     position = tuple_(t.c.event_timestamp, t.c.event_id)
     if query.after is not None:
         mark = tuple_(query.after.event_timestamp, query.after.event_id)
@@ -140,12 +155,36 @@ def build_select(query: AuditQuery) -> Select:
     return statement.limit(query.limit + 1)
 
 
-async def find_events(conn: AsyncConnection, query: AuditQuery) -> tuple[list[dict], Cursor | None]:
-    rows = [dict(row._mapping) for row in await conn.execute(build_select(query))]
-    if len(rows) <= query.limit:
-        return rows, None
-    rows = rows[: query.limit]
-    return rows, Cursor(rows[-1]["event_timestamp"], rows[-1]["event_id"])
+async def find_page(
+    conn: AsyncConnection, query: AuditQuery, max_bytes: int, encode: Callable[[dict], bytes]
+) -> tuple[list[bytes], Cursor | None]:
+    """A page of events, each encoded by `encode`, and the cursor of the next page (None: no more).
+
+    Rows are fetched FETCH_ROWS at a time (a server-side cursor) and encoded as they come, so the
+    memory a page takes is its encoded bytes plus one fetch, not every row as Python objects. The
+    page ends at `query.limit` rows, or before the row that would take it past `max_bytes` (a page
+    always holds one row, however large): then the cursor continues after its last row."""
+    page: list[bytes] = []
+    size = 0
+    last: dict | None = None
+    result = await conn.stream(build_select(query).execution_options(yield_per=FETCH_ROWS))
+    try:
+        async for row in result:
+            values = dict(row._mapping)
+            if len(page) == query.limit:  # the one row more than asked: another page exists
+                break
+            encoded = encode(values)
+            if page and size + len(encoded) > max_bytes:
+                break
+            page.append(encoded)
+            size += len(encoded)
+            last = values
+        else:
+            return page, None
+    finally:
+        await result.close()
+    assert last is not None
+    return page, Cursor(last["event_timestamp"], last["event_id"])
 
 
 def export_select(query: AuditQuery) -> Select:
@@ -156,5 +195,5 @@ def export_select(query: AuditQuery) -> Select:
 
 
 async def get_event(conn: AsyncConnection, event_id: uuid.UUID) -> dict | None:
-    row = (await conn.execute(select(*record_columns).where(audit_events.c.event_id == event_id))).first()
+    row = (await conn.execute(select(*_SELECTED).where(audit_events.c.event_id == event_id))).first()
     return None if row is None else dict(row._mapping)

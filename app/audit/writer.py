@@ -1,10 +1,13 @@
-"""The write policy of the HTTP side: Redis first, Postgres when Redis is away, else refuse.
+"""The write policy of the HTTP side: Redis first, Postgres when Redis cannot take the events, else refuse.
 
 Events are XADDed to the audit stream (the consumer stores them), through the producer library,
 so they go to the shard of their correlation id like any producer's. When Redis cannot take them
-(or, with `DATASTORAGE_STREAM_WAIT_REPLICAS`, no replica confirms them in time) they are written
-straight to Postgres, idempotently: the same event_id is one row even if some of the XADDs got
-through. Only when both stores fail is the write refused.
+(it is unreachable, or it refuses writes: out of memory, a read-only replica after a fail-over,
+too few replicas, a failed save; or, with `DATASTORAGE_STREAM_WAIT_REPLICAS`, no replica confirms
+them in time) they are written straight to Postgres, idempotently: the same event_id is one row
+even if some of the XADDs got through before Redis refused. Only when both stores fail is the
+write refused. Log lines name the error's kind, never the command: redis-py puts the failed XADD,
+fields and all, into a pipeline error's message.
 """
 
 from collections.abc import Sequence
@@ -16,21 +19,12 @@ import structlog
 from app.audit.identity import Submission
 from app.audit.store import AuditStore, DuplicateEventIds
 from app.audit.wire import encode_submission
+from app.core.sqlstate import describe_store_error
 from app.producer import AuditProducer, NotReplicated
 
 log = structlog.get_logger(__name__)
 
 WriteStatus = Literal["accepted", "stored"]
-
-# Redis did not take the events, or cannot promise to keep them: Postgres gets them instead.
-# (A cluster in fail-over answers CLUSTERDOWN or has no master for a slot for a moment.)
-REDIS_UNAVAILABLE = (
-    redis.ConnectionError,
-    redis.TimeoutError,
-    redis.exceptions.ClusterError,
-    redis.exceptions.RedisClusterException,
-    NotReplicated,
-)
 
 
 class StoresUnavailable(Exception):
@@ -49,18 +43,20 @@ class AuditWriter:
         try:
             await self.producer.publish_entries(encode_submission(s) for s in submissions)
             return "accepted"
-        except REDIS_UNAVAILABLE as redis_error:
-            try:
-                await self.store.insert(submissions, refuse_conflicts=True)
-            except DuplicateEventIds:
-                raise
-            except Exception as db_error:  # noqa: BLE001 - whatever failed, neither store took them
-                log.error(
-                    "write_failed_both_stores",
-                    redis_error=str(redis_error),
-                    db_error=str(db_error),
-                    events=len(submissions),
-                )
-                raise StoresUnavailable() from None
-            log.warning("redis_unavailable_wrote_to_postgres", events=len(submissions), error=str(redis_error))
-            return "stored"
+        except (redis.RedisError, redis.exceptions.RedisClusterException, NotReplicated) as redis_error:
+            # Any Redis failure means the stream may not hold them: Postgres can.
+            redis_said = describe_store_error(redis_error)
+        try:
+            await self.store.insert(submissions, refuse_conflicts=True)
+        except DuplicateEventIds:
+            raise
+        except Exception as db_error:  # noqa: BLE001 - whatever failed, neither store took them
+            log.error(
+                "write_failed_both_stores",
+                redis_error=redis_said,
+                db_error=describe_store_error(db_error),
+                events=len(submissions),
+            )
+            raise StoresUnavailable() from None
+        log.warning("redis_unavailable_wrote_to_postgres", events=len(submissions), error=redis_said)
+        return "stored"

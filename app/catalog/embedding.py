@@ -16,6 +16,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import structlog
@@ -111,9 +112,15 @@ def _export_onnx(target: Path) -> None:
             shutil.rmtree(staging, ignore_errors=True)
 
 
+LoaderState = Literal["loading", "ready", "failed"]
+LOADER_STATES: tuple[str, ...] = get_args(LoaderState)
+
+
 class EmbedderLoader:
-    """Loads the model in the background at start-up, so a process answers (and says it is not
-    ready yet) while the model loads; `get()` waits for it."""
+    """Loads the model in the background at start-up, so a process answers (and reports the
+    model's `state`) while the model loads; `get()` waits for it. A failed load is logged with its
+    cause, kept in `error` and counted in a gauge; it is not retried (the cause is in the image or
+    its files, not passing)."""
 
     def __init__(self, backend: str, cache_dir: Path):
         self._backend = backend
@@ -121,6 +128,7 @@ class EmbedderLoader:
         self._loaded = threading.Event()
         self._embedder: Embedder | None = None
         self._error: BaseException | None = None
+        _publish_state("loading")
 
     def start(self) -> "EmbedderLoader":
         threading.Thread(target=self._load, name="embedder-load", daemon=True).start()
@@ -129,22 +137,48 @@ class EmbedderLoader:
     def _load(self) -> None:
         try:
             self._embedder = Embedder(self._backend, self._cache_dir)
-        except BaseException as error:  # noqa: BLE001 - reported by get() and readiness
+        except BaseException as error:  # noqa: BLE001 - reported by get(), `error` and readiness
             self._error = error
+            log.error(
+                "embedding_model_failed",
+                backend=self._backend,
+                error=self.error,
+                hint="search answers without the model; audit routes are unaffected",
+            )
         finally:
             self._loaded.set()
+            _publish_state(self.state)
 
     @property
     def ready(self) -> bool:
         return self._embedder is not None
+
+    @property
+    def state(self) -> LoaderState:
+        if self._embedder is not None:
+            return "ready"
+        return "failed" if self._loaded.is_set() else "loading"
+
+    @property
+    def error(self) -> str | None:
+        """Why the model failed to load (`Type: message`), or None."""
+        if self._error is None:
+            return None
+        lines = str(self._error).splitlines()
+        return f"{type(self._error).__name__}: {lines[0]}" if lines else type(self._error).__name__
 
     async def get(self) -> Embedder:
         if self._embedder is not None:  # the common case: no thread hop per request
             return self._embedder
         await asyncio.get_running_loop().run_in_executor(None, self._loaded.wait)
         if self._embedder is None:
-            raise RuntimeError(f"the embedding model failed to load: {self._error}")
+            raise RuntimeError(f"the embedding model failed to load: {self.error}")
         return self._embedder
+
+
+def _publish_state(state: str) -> None:
+    for each in LOADER_STATES:
+        metrics.EMBEDDING_MODEL_STATE.labels(each).set(1 if each == state else 0)
 
 
 _loaders: dict[str, "EmbedderLoader"] = {}

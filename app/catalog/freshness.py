@@ -70,6 +70,8 @@ async def keep_embeddings_fresh(
     if stop.is_set():
         loading.cancel()
         return
+    if loading.exception() is not None:
+        return  # the model failed to load: the loader logged why, and readiness reports it
     embedder = loading.result()
     announced = asyncio.Event()
     listener: asyncpg.Connection | None = None

@@ -2,6 +2,7 @@
 reading versions back."""
 
 import hashlib
+import inspect
 import json
 from collections.abc import Iterable
 
@@ -12,14 +13,36 @@ from app.catalog.playbook import ENTRY_COLUMNS, SELECT_RECORD, CatalogError, Pla
 from app.core.db import asyncpg_dsn
 
 
-async def create_pool(database_url: str, **kwargs) -> asyncpg.Pool:
+class BoundedPool(asyncpg.Pool):
+    """An asyncpg pool whose `acquire()` waits at most `acquire_timeout` seconds unless told
+    otherwise: a pool with every connection in use, or a Postgres that does not answer, is an
+    error (asyncio's TimeoutError) in bounded time rather than a request waiting for ever."""
+
+    def __init__(self, *args, acquire_timeout: float | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.acquire_timeout = acquire_timeout
+
+    def acquire(self, *, timeout: float | None = None):
+        return super().acquire(timeout=self.acquire_timeout if timeout is None else timeout)
+
+
+# asyncpg.create_pool's defaults: a BoundedPool is created as create_pool would create a Pool.
+_POOL_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(asyncpg.create_pool).parameters.items()
+    if parameter.kind is parameter.KEYWORD_ONLY
+}
+
+
+async def create_pool(database_url: str, *, acquire_timeout: float | None = None, **kwargs) -> asyncpg.Pool:
     async def setup(conn: asyncpg.Connection) -> None:
         await register_vector(conn)
         # Keep scanning the HNSW graph until LIMIT rows pass the filters, in exact order; a wider
         # candidate list than the default 40 for better recall.
         await conn.execute("SET hnsw.iterative_scan = strict_order; SET hnsw.ef_search = 100")
 
-    return await asyncpg.create_pool(asyncpg_dsn(database_url), init=setup, **kwargs)
+    options = {**_POOL_DEFAULTS, "init": setup, **kwargs}
+    return await BoundedPool(asyncpg_dsn(database_url), acquire_timeout=acquire_timeout, **options)
 
 
 # Bind parameters by column name: `$n` of each column of the entry, in ENTRY_COLUMNS order.

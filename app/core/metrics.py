@@ -98,6 +98,12 @@ HTTP_REQUEST_DURATION = Histogram(
     ["method", "route", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+HTTP_SHED = Counter(
+    "datastorage_http_shed_total",
+    "Connections closed or requests refused to protect the API, by reason: header_timeout (a request "
+    "head too slow), max_connections (the longest-waiting idle connection closed), requests_in_flight (503).",
+    ["reason"],
+)
 
 ACCESS_DENIED = Counter(
     "datastorage_access_denied_total",
@@ -135,6 +141,19 @@ PLAYBOOKS_EMBEDDED = Counter(
     "datastorage_playbooks_embedded_total",
     "Playbook rows (re-)embedded, by where: worker (background), search (on the fly), import.",
     ["by"],
+)
+EMBEDDING_MODEL_STATE = Gauge(
+    "datastorage_embedding_model_state",
+    "1 for the embedding model's current state in this process (loading, ready, failed), 0 for the others.",
+    ["state"],
+)
+DEPENDENCY_UP = Gauge(
+    "datastorage_dependency_up",
+    "1 when a dependency answered this API process's last check (postgres, redis; schema: migrated), else 0.",
+    ["dependency"],
+)
+API_READY = Gauge(
+    "datastorage_api_ready", "1 when this API process takes traffic (started, not draining, schema not behind)."
 )
 PLAYBOOK_STALE_EMBEDDINGS = Gauge(
     "datastorage_playbook_stale_embeddings",

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=4, ge=1, le=100)
     # A batch read from the stream holds at most about this many bytes of entries.
     batch_max_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
+    # The API's longest wait for a Postgres connection (a busy pool, a Postgres that does not
+    # answer): then the request is a 503 with Retry-After.
+    db_pool_timeout_s: float = Field(default=5.0, gt=0)
 
     # Event validation
     max_future_skew_s: float = Field(default=3600, ge=0)
@@ -106,6 +109,21 @@ class Settings(BaseSettings):
     api_tokens: str | None = None
     api_tokens_file: Path | None = None
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # A page of GET /api/v1/audit-events ends early once its events reach this many bytes of JSON
+    # (the cursor continues after its last row): a response's memory is bounded by bytes, not rows.
+    max_page_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
+    # Slow clients (app/api/connections.py): a connection spends at most http_header_timeout_s
+    # without a request in progress (opening, sending a head, idle); an idle keep-alive connection
+    # is closed after http_keep_alive_s; at most http_max_connections are held (beyond, the
+    # longest-waiting one is closed) and http_max_requests_in_flight handled at once (beyond: 503).
+    http_header_timeout_s: float = Field(default=10.0, gt=0)
+    http_keep_alive_s: float = Field(default=5.0, gt=0)
+    http_max_connections: int = Field(default=10_000, ge=16)
+    http_max_requests_in_flight: int = Field(default=1_000, ge=1)
+    # SIGTERM: /readyz answers 503 for http_drain_s while requests are still served (the Service
+    # stops routing here), then in-flight requests get up to http_shutdown_timeout_s to finish.
+    http_drain_s: float = Field(default=5.0, ge=0)
+    http_shutdown_timeout_s: float = Field(default=25.0, gt=0)
 
     # DATASTORAGE_AUTH=kubernetes (app/api/kubernetes.py). The API server: this URL, or the pod's
     # in-cluster one (KUBERNETES_SERVICE_HOST/PORT) with the service account's token and CA.

@@ -14,6 +14,7 @@ import enum
 
 import asyncpg
 import redis
+import sqlalchemy.exc
 
 
 class ErrorKind(enum.Enum):
@@ -73,3 +74,64 @@ def describe(error: BaseException) -> str:
     sqlstate = getattr(error, "sqlstate", None)
     message = str(error).splitlines()[0] if str(error) else type(error).__name__
     return f"{sqlstate}: {message}" if sqlstate else f"{type(error).__name__}: {message}"
+
+
+# --- the HTTP side: is a store away (503 with Retry-After) or is it a bug (500)? ---------------
+
+# Redis replies that refuse work for now, not for ever: out of memory, a replica during fail-over,
+# too few replicas for WAIT/min-replicas, a failed RDB save (MISCONF), loading, a busy script.
+REDIS_REFUSALS = {
+    "OOM",
+    "READONLY",
+    "NOREPLICAS",
+    "MASTERDOWN",
+    "MISCONF",
+    "LOADING",
+    "BUSY",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+}
+# redis-py prefixes a pipeline's error with the failed command and its arguments (the event).
+_PIPELINE_PREFIX = "of pipeline caused error: "
+
+
+def unwrap(error: BaseException) -> BaseException:
+    """The driver's own error under SQLAlchemy's wrappers (DBAPIError → asyncpg's error)."""
+    while isinstance(error, sqlalchemy.exc.DBAPIError) and error.orig is not None:
+        error = error.orig
+    cause = error.__cause__
+    if not isinstance(error, asyncpg.PostgresError) and isinstance(cause, (asyncpg.PostgresError, OSError)):
+        return cause  # SQLAlchemy's asyncpg adapter raises its own error from asyncpg's
+    return error
+
+
+def redis_error_code(error: redis.RedisError) -> str:
+    """The first word of a Redis error reply (`OOM`, `READONLY`, …), without the command."""
+    if code := getattr(error, "status_code", None):  # redis-py keeps it for the replies it maps
+        return str(code)
+    message = str(error.args[0]) if error.args else ""
+    message = message.rpartition(_PIPELINE_PREFIX)[2].lstrip("('\"")
+    return message.split(" ", 1)[0] if message[:1].isupper() else ""
+
+
+def store_unavailable(error: BaseException) -> bool:
+    """True when a store is away or refuses work for a while (connection refused or lost, a
+    timeout, an exhausted pool, fail-over, out of memory): the client should retry later."""
+    error = unwrap(error)
+    if isinstance(error, sqlalchemy.exc.TimeoutError):  # SQLAlchemy's pool: no connection in time
+        return True
+    if isinstance(error, redis.ResponseError):
+        return redis_error_code(error) in REDIS_REFUSALS
+    return classify(error) is ErrorKind.TRANSIENT or getattr(error, "sqlstate", None) in AMBIGUOUS_SQLSTATES
+
+
+def describe_store_error(error: BaseException) -> str:
+    """A log-safe, single-line description: never the command, the row or the event."""
+    error = unwrap(error)
+    if isinstance(error, redis.ResponseError):
+        return f"{type(error).__name__}: {redis_error_code(error) or 'error reply'}"
+    if isinstance(error, (redis.ConnectionError, redis.TimeoutError)):
+        return describe(error)  # host and port at most
+    if isinstance(error, redis.RedisError):
+        return type(error).__name__
+    return describe(error)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import structlog
 
+from app.api.app import create_app
 from app.api.server import InProcessServer, uvicorn_config
 from app.audit.integrity.keys import PRIVATE_KEY_FILE, generate_key_pair, load_signer
 from app.audit.partitions import ensure_upcoming_partitions
@@ -91,7 +92,7 @@ async def serve_until_stopped(settings: Settings) -> int:
         migrations_applied=[m.version for m in applied],
     )
     signer = load_signer(settings.audit_signing_key_file)
-    http = InProcessServer(uvicorn_config(settings, signer))
+    http = InProcessServer(uvicorn_config(settings, create_app(settings, signer)))
     consumer = AuditConsumer(settings, signer)
     async with consumer.app:
         http_task = asyncio.create_task(http.serve())
