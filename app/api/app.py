@@ -28,6 +28,7 @@ from app.audit.writer import AuditWriter
 from app.catalog.embedding import EmbedderLoader, shared_loader
 from app.catalog.freshness import keep_embeddings_fresh
 from app.catalog.store import create_pool
+from app.catalog.text_index import TextIndexCache
 from app.core.db import create_engine
 from app.core.migrations import pending_migrations
 from app.core.settings import Settings
@@ -70,7 +71,7 @@ async def lifespan(app: Starlette, settings: Settings, loader: EmbedderLoader) -
     client = aioredis.from_url(settings.require_redis_url(), socket_timeout=5, socket_connect_timeout=2)
     pool = await create_pool(database_url, min_size=0, max_size=settings.db_pool_size)
     writer = AuditWriter(AuditProducer(client, settings.stream), AuditStore(pool))
-    app.state.resources = Resources(settings, engine, pool, client, writer, loader)
+    app.state.resources = Resources(settings, engine, pool, client, writer, loader, TextIndexCache())
     stop_worker = asyncio.Event()
     worker = asyncio.create_task(
         keep_embeddings_fresh(database_url, pool, loader, stop_worker, settings.embedding_sweep_interval_s)
@@ -100,7 +101,8 @@ async def check_redis(resources: Resources) -> str | None:
 
 
 async def check_model(resources: Resources) -> str | None:
-    return None if resources.embedder_loader.ready else "loading"
+    state = resources.embedder_loader.state
+    return None if state == "ready" else f"{state} (playbook search answers degraded: text and labels only)"
 
 
 async def openapi(request: Request) -> JSONResponse:

@@ -9,6 +9,7 @@ from starlette.requests import Request
 
 from app.audit.writer import AuditWriter
 from app.catalog.embedding import EmbedderLoader
+from app.catalog.text_index import TextIndexCache
 from app.core.settings import Settings
 
 
@@ -22,6 +23,8 @@ class Resources:
     redis: aioredis.Redis
     writer: AuditWriter
     embedder_loader: EmbedderLoader
+    # The playbook search's term statistics, reloaded when the catalog changes.
+    text_index: TextIndexCache
 
 
 def resources(request: Request) -> Resources:

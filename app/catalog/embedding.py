@@ -138,6 +138,19 @@ class EmbedderLoader:
     def ready(self) -> bool:
         return self._embedder is not None
 
+    @property
+    def state(self) -> str:
+        """`ready`, `loading` or `failed: <why>`: what readiness reports."""
+        if self._embedder is not None:
+            return "ready"
+        if self._error is not None:
+            return f"failed: {type(self._error).__name__}: {self._error}"
+        return "loading"
+
+    def current(self) -> Embedder | None:
+        """The model if it is loaded, without waiting: a search answers without it (degraded)."""
+        return self._embedder
+
     async def get(self) -> Embedder:
         if self._embedder is not None:  # the common case: no thread hop per request
             return self._embedder
