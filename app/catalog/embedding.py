@@ -84,8 +84,17 @@ def _load(backend: str, cache_dir: Path):
     exported = cache_dir / f"{MODEL_NAME}-onnx"
     if not (exported / "onnx" / "model.onnx").exists():
         _export_onnx(exported)
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    # ONNX Runtime's worker threads spin after each run by default, holding the cores that Postgres
+    # and the event loop need between two encodes on a small machine.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return SentenceTransformer(
-        str(exported), backend="onnx", device="cpu", model_kwargs={"file_name": "onnx/model.onnx"}
+        str(exported),
+        backend="onnx",
+        device="cpu",
+        model_kwargs={"file_name": "onnx/model.onnx", "session_options": options},
     )
 
 

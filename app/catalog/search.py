@@ -51,7 +51,7 @@ from app.catalog import labels as label_rules
 from app.catalog.embedding import Embedder
 from app.catalog.freshness import STALE, count_stale, embed_stale
 from app.catalog.playbook import SEARCHABLE_VERSION
-from app.catalog.text_index import TextIndexCache, TextScores
+from app.catalog.text_index import TextIndexCache
 from app.core import metrics
 
 log = structlog.get_logger(__name__)
@@ -86,7 +86,10 @@ EXACT_SEARCH_MAX_ROWS = 2000
 _QUERY_TERMS = f"""
 SELECT (SELECT generation FROM playbook_search_generation) AS generation,
        ARRAY(SELECT lexeme FROM unnest(to_tsvector('playbook_search', playbook_search_expand($1)))) AS lexemes,
-       EXISTS (SELECT 1 FROM playbook_catalog WHERE {STALE} AND {SEARCHABLE_VERSION}) AS stale
+       -- In the order of the partial index of stale rows, so that the planner reads that index
+       -- (it cannot estimate how few rows are stale).
+       (SELECT true FROM playbook_catalog WHERE {STALE} AND {SEARCHABLE_VERSION}
+        ORDER BY playbook_id, version LIMIT 1) AS stale
 """
 
 
@@ -197,31 +200,38 @@ async def _rank_hybrid(
     text = index.score(lexemes)
     limit = max(CANDIDATES, max_results)
     passing = np.flatnonzero(index.mask(labels) & (text.bm25 > 0))
-    best_text = passing[np.argsort(-text.bm25[passing], kind="stable")[:limit]]
+    if len(passing) > limit:
+        passing = passing[np.argpartition(-text.bm25[passing], limit)[:limit]]
+    best_text = passing[np.argsort(-text.bm25[passing], kind="stable")]
     text_ids = [index.playbook_ids[n] for n in best_text]
     async with pool.acquire() as conn:
         rows = await _candidates(conn, vector, text_ids, query, labels, limit)
 
     slope, offset = CONFIDENCE["hybrid" if vector is not None else "degraded"]
-    ranked = []
+    scored = []
     for r in rows:
         row = index.row_of.get(r["playbook_id"])
         bm25 = float(text.bm25[row]) if r["text_match"] and row is not None else None
-        why = _why(r["cosine"], bm25, text, row, r["label_score"], index.idf_max)
-        confidence = round(1 / (1 + math.exp(-(slope * why.score + offset))), 6)
-        ranked.append((why.score, r["playbook_id"], _hit(r, confidence, why)))
-    ranked.sort(key=lambda item: (-item[0], item[1]))
-    return [hit for _, _, hit in ranked if hit.confidence >= min_confidence][:max_results]
+        score = _fused(r["cosine"], bm25, r["label_score"], index.idf_max)
+        scored.append((score, r["playbook_id"], r, row, bm25))
+    scored.sort(key=lambda item: (-item[0], item[1]))
+    hits = []
+    for score, _, r, row, bm25 in scored[:max_results]:
+        confidence = round(1 / (1 + math.exp(-(slope * score + offset))), 6)
+        if confidence < min_confidence:
+            break  # confidence falls with the score
+        why = Why(
+            vector=_rounded(r["cosine"]),
+            text=_rounded(bm25),
+            matched_terms=text.matched_terms(row) if bm25 is not None and row is not None else [],
+            labels=_rounded(r["label_score"]),
+            score=round(score, 6),
+        )
+        hits.append(_hit(r, confidence, why))
+    return hits
 
 
-def _why(
-    cosine: float | None,
-    bm25: float | None,
-    text: TextScores,
-    row: int | None,
-    label_score: float | None,
-    idf_max: float,
-) -> Why:
+def _fused(cosine: float | None, bm25: float | None, label_score: float | None, idf_max: float) -> float:
     score = 0.0
     if cosine is not None:
         score += cosine
@@ -229,13 +239,7 @@ def _why(
         score += TEXT_WEIGHT * math.log1p(bm25 / idf_max)
     if label_score is not None:
         score += LABEL_WEIGHT * (label_score - 1)
-    return Why(
-        vector=_rounded(cosine),
-        text=_rounded(bm25),
-        matched_terms=text.matched_terms(row) if bm25 is not None and row is not None else [],
-        labels=_rounded(label_score),
-        score=round(score, 6),
-    )
+    return score
 
 
 async def rank(
@@ -299,12 +303,13 @@ async def _candidates(
     return await conn.fetch(
         f"""
         WITH {ctes},
-             ids AS (SELECT playbook_id FROM vector_ids UNION SELECT unnest($2::varchar[]))
+             ids AS (SELECT playbook_id FROM vector_ids UNION SELECT unnest($2::varchar[])),
+             query AS MATERIALIZED (SELECT playbook_search_query($1) AS tsquery)
         SELECT playbook_id, version, name, description, labels,
                (1 - (embedding <=> $4))::float8 AS cosine,
-               search_document @@ playbook_search_query($1) AS text_match,
+               search_document @@ query.tsquery AS text_match,
                {label_score} AS label_score
-        FROM ids JOIN playbook_catalog USING (playbook_id)
+        FROM ids JOIN playbook_catalog USING (playbook_id) CROSS JOIN query
         WHERE {SEARCHABLE_VERSION} AND {condition}
         """,
         *params,
