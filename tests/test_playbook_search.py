@@ -4,6 +4,8 @@ the model (`degraded`), and never a disabled, deprecated or older version."""
 
 import dataclasses
 import json
+import os
+import subprocess
 
 import httpx
 import pytest
@@ -13,7 +15,7 @@ from app.api.app import create_app
 from app.catalog.embedding import EmbedderLoader
 from app.catalog.search import search
 from app.catalog.text_index import TextIndexCache
-from tests.helpers import CATALOG, assert_problem
+from tests.helpers import CATALOG, DATASTORAGE, assert_problem
 
 SEARCH = "/api/v1/playbooks/search"
 REPORTS = CATALOG.parent / "incident_reports.yaml"
@@ -44,8 +46,7 @@ async def test_the_project_reports_find_their_playbook(catalog, pool, embedder):
     reports = yaml.safe_load(REPORTS.read_text())
     assert len(reports) == 40
     r1, r3, mrr = recall(await ranks_of(pool, embedder, reports))
-    assert (r1, r3, mrr) >= (0.95, 1.0, 0.97), (r1, r3, mrr)
-    assert r1 >= 0.95 and r3 == 1.0 and mrr >= 0.97
+    assert r1 >= 0.95 and r3 == 1.0 and mrr >= 0.97, (r1, r3, mrr)
     # Without the model, text and labels alone still put the right playbook in the top 3.
     r1, r3, mrr = recall(await ranks_of(pool, None, reports))
     assert r1 >= 0.8 and r3 >= 0.95 and mrr >= 0.85, (r1, r3, mrr)
@@ -223,3 +224,25 @@ async def test_without_the_model_search_answers_degraded_and_readyz_says_so(api_
     assert labels["degraded"] is False and [p["playbook_id"] for p in labels["playbooks"]] == ["crashloop-config"]
     ready = (await api_without_model.get("/readyz")).json()
     assert "degraded" in ready["checks"]["embedding_model"] and "failed" in ready["checks"]["embedding_model"]
+
+
+# --- the command line --------------------------------------------------------------------------
+
+
+def run_search(database_url, *args):
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("DATASTORAGE_")},
+           "DATASTORAGE_DATABASE_URL": database_url, "DATASTORAGE_LOG_FORMAT": "json"}
+    return subprocess.run([DATASTORAGE, "playbooks", "search", *args], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+async def test_the_command_prints_why(catalog, database_url):
+    result = run_search(database_url, "container OOMKilled with exit code 137", "--label", "environment=production")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "oom-recovery v1.10.0" in lines[0]
+    assert lines[1].strip().startswith("why: score") and "vector" in lines[1] and "oomkil" in lines[1]
+    assert "labels 1.00" in lines[1]
+    labels = json.loads(run_search(database_url, "--mode", "labels", "--label", "component=node", "--json").stdout)
+    assert (labels["mode"], [p["playbook_id"] for p in labels["playbooks"]]) == ("labels", ["disk-pressure"])
+    assert run_search(database_url, "x", "--mode", "semantic").returncode != 0
