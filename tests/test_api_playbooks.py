@@ -15,8 +15,10 @@ async def test_get_search_ranks_with_label_filters(api, catalog):
     assert body["total_results"] == len(body["playbooks"]) <= 3
     first = body["playbooks"][0]
     assert (first["playbook_id"], first["version"]) == ("oom-recovery", "v1.10.0")
-    assert set(first) == {"playbook_id", "version", "name", "description", "confidence", "labels"}
+    assert set(first) == {"playbook_id", "version", "name", "description", "confidence", "labels", "why"}
+    assert {"vector", "text", "labels", "score"} <= set(first["why"])
     assert 0 <= first["confidence"] <= 1
+    assert (body["mode"], body["degraded"]) == ("hybrid", False)
     assert all(p["labels"]["environment"] == "production" for p in body["playbooks"])
 
 
@@ -61,9 +63,9 @@ async def test_bad_search_bodies_are_400(api, payload, name):
     assert_problem(await api.post(SEARCH, json=payload), 400, name)
 
 
-async def test_an_empty_catalog_answers_an_empty_ranking(api):
+async def test_an_empty_catalog_answers_an_empty_ranking(api, embedder):
     response = await api.get(SEARCH, params={"query": "anything"})
-    assert response.json() == {"playbooks": [], "total_results": 0}
+    assert response.json() == {"playbooks": [], "total_results": 0, "mode": "hybrid", "degraded": False}
 
 
 async def test_versions_newest_first_and_the_latest_active(api, catalog):

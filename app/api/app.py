@@ -33,6 +33,7 @@ from app.audit.writer import AuditWriter
 from app.catalog.embedding import EmbedderLoader, shared_loader
 from app.catalog.freshness import keep_embeddings_fresh
 from app.catalog.store import create_pool
+from app.catalog.text_index import TextIndexCache
 from app.core.db import create_engine
 from app.core.migrations import pending_migrations
 from app.core.read_replicas import ReadRouter, ReadSource
@@ -127,7 +128,7 @@ async def lifespan(
     writer = AuditWriter(producer, AuditStore(pool, signer))
     reads = await read_router(settings, ReadSource("primary", engine, pool, is_primary=True))
     verifier = signer.verifier if signer else None
-    found = Resources(settings, engine, pool, client, writer, loader, reads, verifier)
+    found = Resources(settings, engine, pool, client, writer, loader, reads, TextIndexCache(), verifier)
     app.state.resources = found
     stop = asyncio.Event()
     readiness: PodReadiness = app.state.readiness
@@ -192,7 +193,8 @@ async def check_redis(resources: Resources) -> str | None:
 
 async def check_model(resources: Resources) -> str | None:
     loader = resources.embedder_loader
-    return {"ready": None, "loading": "loading"}.get(loader.state, f"failed: {loader.error}")
+    degraded = "(playbook search answers degraded: text and labels only)"
+    return {"ready": None, "loading": f"loading {degraded}"}.get(loader.state, f"failed: {loader.error} {degraded}")
 
 
 async def openapi(request: Request) -> JSONResponse:

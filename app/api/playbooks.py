@@ -1,8 +1,8 @@
-"""`/api/v1/playbooks`: semantic search (GET and POST) and versions."""
+"""`/api/v1/playbooks`: search (GET and POST: hybrid or by labels) and versions."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -15,10 +15,14 @@ from app.api.resources import resources
 from app.catalog.playbook import PlaybookRecord, record_json
 from app.catalog.search import (
     DEFAULT_MAX_RESULTS,
-    DEFAULT_MIN_CONFIDENCE,
+    DEFAULT_MIN_CONFIDENCE_BY_MODE,
     MAX_QUERY_LENGTH,
     MAX_RESULTS_LIMIT,
+    SEARCH_MODES,
     SearchHit,
+    SearchMode,
+    default_min_confidence,
+    is_degraded,
     search,
 )
 from app.catalog.store import latest_active, one_version, versions
@@ -27,9 +31,7 @@ MAX_SEARCH_BODY_BYTES = 64 * 1024
 LABEL_PREFIX = "label."
 
 
-def _says_something(text: str) -> str:
-    if not text.strip():
-        raise ValueError("must be a non-empty text")
+def _no_nul(text: str) -> str:
     if "\x00" in text:
         raise ValueError("must not contain NUL characters")
     return text
@@ -41,16 +43,31 @@ def _label_names(labels: dict[str, str]) -> dict[str, str]:
     return labels
 
 
-QueryText = Annotated[str, Field(min_length=1, max_length=MAX_QUERY_LENGTH), AfterValidator(_says_something)]
+def _known_mode(value: Any) -> Any:
+    if isinstance(value, str) and value not in SEARCH_MODES:
+        raise ValueError(f"unknown mode {value!r}: expected one of {', '.join(SEARCH_MODES)}")
+    return value
+
+
+QueryText = Annotated[str, Field(max_length=MAX_QUERY_LENGTH), AfterValidator(_no_nul)]
+Mode = Annotated[SearchMode, BeforeValidator(_known_mode)]
 Labels = Annotated[dict[str, str], AfterValidator(_label_names)]
 _labels = TypeAdapter(Labels)
+_DEFAULTS = ", ".join(f"{mode} {value}" for mode, value in DEFAULT_MIN_CONFIDENCE_BY_MODE.items())
 
 
 class SearchFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    query: QueryText = Field(description="the incident, in words")
-    min_confidence: float = Field(DEFAULT_MIN_CONFIDENCE, ge=0, le=1, description="cosine similarity threshold, 0 to 1")
+    query: QueryText = Field("", description="the incident, in words; required unless mode=labels")
+    mode: Mode = Field(
+        "hybrid",
+        description="hybrid: vector, full-text and label signals fused; labels: label matches alone "
+        "(deterministic, no model, the query may be empty)",
+    )
+    min_confidence: float | None = Field(
+        None, ge=0, le=1, description=f"results below this confidence are left out; default by mode: {_DEFAULTS}"
+    )
 
 
 class SearchParameters(SearchFields):
@@ -63,13 +80,17 @@ class SearchParameters(SearchFields):
 class SearchRequest(SearchFields):
     """The body of `POST /api/v1/playbooks/search`."""
 
-    labels: Labels = Field(default_factory=dict, description="exact-match label filters")
+    labels: Labels = Field(
+        default_factory=dict, description="label filters: a playbook passes when its value is equal, or `*`"
+    )
     max_results: int = Field(DEFAULT_MAX_RESULTS, ge=1, description=f"at most {MAX_RESULTS_LIMIT} are returned")
 
 
 class SearchResult(BaseModel):
     playbooks: list[SearchHit]
     total_results: int = Field(ge=0)
+    mode: SearchMode = Field(description="the mode that ranked the playbooks")
+    degraded: bool = Field(description="true when answered without the embedding model (text and labels only)")
 
 
 class PlaybookVersions(BaseModel):
@@ -80,20 +101,28 @@ class PlaybookVersions(BaseModel):
 async def _search_response(
     request: Request, fields: SearchFields, labels: dict[str, str], max_results: int
 ) -> Response:
+    if fields.mode != "labels" and not fields.query.strip():
+        raise Problem(400, "query: must be a non-empty text (or use mode=labels)", parameter="query")
     found = resources(request)
-    embedder = await found.embedder_loader.get()
+    embedder = found.embedder_loader.current() if fields.mode != "labels" else None
+    threshold = default_min_confidence(fields.mode) if fields.min_confidence is None else fields.min_confidence
     hits = await found.reads.run(
         lambda source: search(
             found.pool,
             embedder,
             fields.query,
             labels=labels,
-            min_confidence=fields.min_confidence,
+            mode=fields.mode,
+            min_confidence=threshold,
             max_results=min(max_results, MAX_RESULTS_LIMIT),
+            text_index=found.text_index,
             read_pool=None if source.is_primary else source.pool,
         )
     )
-    return JSONResponse({"playbooks": [hit.model_dump() for hit in hits], "total_results": len(hits)})
+    result = SearchResult(
+        playbooks=hits, total_results=len(hits), mode=fields.mode, degraded=is_degraded(fields.mode, embedder)
+    )
+    return JSONResponse(result.model_dump())
 
 
 async def search_get(request: Request) -> Response:
@@ -161,7 +190,8 @@ operations = [
         "Rank playbooks for an incident description",
         RANKED,
         query=SearchParameters,
-        description="Label filters: label.<name>=<value> query parameters (exact matches).",
+        description="Label filters: label.<name>=<value> query parameters (hard filters; a playbook's `*` "
+        "matches any value).",
         scope=PLAYBOOKS_READ,
     ),
     Operation(

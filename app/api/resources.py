@@ -9,6 +9,7 @@ from starlette.requests import Request
 from app.audit.integrity.keys import Verifier
 from app.audit.writer import AuditWriter
 from app.catalog.embedding import EmbedderLoader
+from app.catalog.text_index import TextIndexCache
 from app.core.read_replicas import ReadRouter
 from app.core.redis_client import RedisClient
 from app.core.settings import Settings
@@ -27,6 +28,8 @@ class Resources:
     # Where audit queries and playbook searches read: a read replica that keeps up, else the
     # primary (`engine`/`pool` above). Writes never go through it.
     reads: ReadRouter
+    # The playbook search's term statistics, reloaded when the catalog changes.
+    text_index: TextIndexCache
     # The public key of the signing key: what verification checks against (None: none configured).
     verifier: Verifier | None = None
 

@@ -85,8 +85,17 @@ def _load(backend: str, cache_dir: Path):
     exported = cache_dir / f"{MODEL_NAME}-onnx"
     if not (exported / "onnx" / "model.onnx").exists():
         _export_onnx(exported)
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    # ONNX Runtime's worker threads spin after each run by default, holding the cores that Postgres
+    # and the event loop need between two encodes on a small machine.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return SentenceTransformer(
-        str(exported), backend="onnx", device="cpu", model_kwargs={"file_name": "onnx/model.onnx"}
+        str(exported),
+        backend="onnx",
+        device="cpu",
+        model_kwargs={"file_name": "onnx/model.onnx", "session_options": options},
     )
 
 
@@ -166,6 +175,10 @@ class EmbedderLoader:
             return None
         lines = str(self._error).splitlines()
         return f"{type(self._error).__name__}: {lines[0]}" if lines else type(self._error).__name__
+
+    def current(self) -> Embedder | None:
+        """The model if it is loaded, without waiting: a search answers without it (degraded)."""
+        return self._embedder
 
     async def get(self) -> Embedder:
         if self._embedder is not None:  # the common case: no thread hop per request

@@ -10,7 +10,7 @@ import typer
 from app.audit.self_audit import Action
 from app.catalog.embedding import Embedder
 from app.catalog.playbook import CatalogError
-from app.catalog.search import DEFAULT_MAX_RESULTS, DEFAULT_MIN_CONFIDENCE, MAX_RESULTS_LIMIT
+from app.catalog.search import DEFAULT_MAX_RESULTS, DEFAULT_MIN_CONFIDENCE_BY_MODE, MAX_RESULTS_LIMIT, SEARCH_MODES
 from app.cli.common import database_url, load_settings
 from app.cli.self_audit import record_cli_action
 
@@ -60,17 +60,33 @@ def import_(
 
 @playbooks_cli.command("search")
 def search(
-    query: Annotated[str, typer.Argument(help="An incident description.")],
+    query: Annotated[str, typer.Argument(help="An incident description (may be empty with --mode labels).")] = "",
     label: Annotated[list[str] | None, typer.Option(help="Label filter name=value (repeatable).")] = None,
-    min_confidence: Annotated[float, typer.Option(min=0, max=1)] = DEFAULT_MIN_CONFIDENCE,
+    mode: Annotated[str, typer.Option(help=f"One of {', '.join(SEARCH_MODES)}.")] = "hybrid",
+    min_confidence: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            max=1,
+            help="Default by mode: "
+            + ", ".join(f"{name} {value}" for name, value in DEFAULT_MIN_CONFIDENCE_BY_MODE.items())
+            + ".",
+        ),
+    ] = None,
     max_results: Annotated[int, typer.Option(min=1, max=MAX_RESULTS_LIMIT)] = DEFAULT_MAX_RESULTS,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON, for scripts.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON as the API answers it, for scripts.")] = False,
 ) -> None:
-    """Rank the active, latest playbooks for QUERY."""
+    """Rank the active, latest playbooks for QUERY, with why each one ranked where it did."""
+    from app.catalog.search import default_min_confidence
     from app.catalog.search import search as search_catalog
     from app.catalog.store import create_pool
 
     settings = load_settings()
+    if mode not in SEARCH_MODES:
+        expected = ", ".join(SEARCH_MODES)
+        raise typer.BadParameter(f"unknown mode {mode!r}: expected one of {expected}", param_hint="--mode")
+    if mode != "labels" and not query.strip():
+        raise typer.BadParameter("a query is needed (or use --mode labels)", param_hint="QUERY")
     labels = {}
     for item in label or []:
         name, sep, value = item.partition("=")
@@ -78,21 +94,36 @@ def search(
             raise typer.BadParameter(f"{item!r}: expected name=value", param_hint="--label")
         labels[name] = value
 
+    threshold = default_min_confidence(mode) if min_confidence is None else min_confidence
+
     async def ranked():
         pool = await create_pool(database_url(settings), min_size=1, max_size=2)
         try:
-            embedder = Embedder(settings.embedding_backend, settings.model_cache_dir)
+            embedder = Embedder(settings.embedding_backend, settings.model_cache_dir) if mode != "labels" else None
             return await search_catalog(
-                pool, embedder, query, labels=labels, min_confidence=min_confidence, max_results=max_results
+                pool, embedder, query, labels=labels, mode=mode, min_confidence=threshold, max_results=max_results
             )
         finally:
             await pool.close()
 
     hits = asyncio.run(ranked())
     if as_json:
-        typer.echo(json.dumps([hit.model_dump() for hit in hits]))
+        result = {"playbooks": [hit.model_dump() for hit in hits], "total_results": len(hits), "mode": mode}
+        typer.echo(json.dumps({**result, "degraded": False}))
         return
     for rank, hit in enumerate(hits, 1):
         typer.echo(f"{rank:>2}. {hit.confidence:.3f}  {hit.playbook_id} {hit.version}  {hit.name}")
+        typer.echo(f"    why: {_why_text(hit.why)}")
     if not hits:
         typer.echo("no playbook above the confidence threshold")
+
+
+def _why_text(why) -> str:
+    parts = [f"score {why.score:.3f}"]
+    if why.vector is not None:
+        parts.append(f"vector {why.vector:.3f}")
+    if why.text is not None:
+        parts.append(f"text {why.text:.2f} ({', '.join(why.matched_terms)})")
+    if why.labels is not None:
+        parts.append(f"labels {why.labels:.2f}")
+    return "; ".join(parts)

@@ -132,6 +132,11 @@ PLAYBOOK_SEARCH_DURATION = Histogram(
     "Playbook searches, from the query text to the ranked rows (embedding included).",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+PLAYBOOK_SEARCHES = Counter(
+    "datastorage_playbook_searches_total",
+    "Playbook searches by mode (hybrid, labels) and whether they were answered without the model.",
+    ["mode", "degraded"],
+)
 EMBEDDING_DURATION = Histogram(
     "datastorage_embedding_duration_seconds",
     "One call of the embedding model (a query, or a batch of playbooks).",
