@@ -32,6 +32,7 @@ from app.core.db import create_engine
 from app.core.migrations import pending_migrations
 from app.core.settings import Settings
 from app.producer import AuditProducer
+from app.ui import viewer_mount
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +53,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/openapi.json", openapi),
             *audit.routes,
             *playbooks.routes,
+            viewer_mount(settings, tokens),  # the audit viewer at /ui/
         ],
         middleware=[Middleware(RequestMetrics), Middleware(BearerAuth, tokens=tokens)],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Select, select, tuple_
+from sqlalchemy import ColumnElement, Select, TextClause, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.audit.event import ActorType, EventOutcome, parse_rfc3339
@@ -133,8 +133,11 @@ def build_select(query: AuditQuery) -> Select:
     return statement.limit(query.limit + 1)
 
 
-async def find_events(conn: AsyncConnection, query: AuditQuery) -> tuple[list[dict], Cursor | None]:
-    rows = [dict(row._mapping) for row in await conn.execute(build_select(query))]
+async def find_events(
+    conn: AsyncConnection, query: AuditQuery, *conditions: ColumnElement[bool] | TextClause
+) -> tuple[list[dict], Cursor | None]:
+    """A page of `query`; `conditions` narrow it further (the viewer's live tail: committed since)."""
+    rows = [dict(row._mapping) for row in await conn.execute(build_select(query).where(*conditions))]
     if len(rows) <= query.limit:
         return rows, None
     rows = rows[: query.limit]
