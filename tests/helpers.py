@@ -27,6 +27,7 @@ from app.api.app import create_app
 from app.audit.record import COLUMNS, row_values
 from app.audit.wire import encode_event
 from app.core.settings import PROJECT_ROOT
+from app.local.embedded import free_port
 from app.producer import AuditEvent, AuditProducer, new_audit_event
 
 SCHEMA_DIR = PROJECT_ROOT / "schema"
@@ -196,6 +197,52 @@ class ConsumerProcess:
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+
+@dataclass
+class ServeProcess:
+    """`datastorage serve` on a free port of this machine, as production starts it."""
+
+    process: subprocess.Popen
+    base_url: str
+    log_path: Path
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=40)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+def start_serve(database_url: str, redis_url: str, log_dir: Path, timeout: float = 60, **settings: str) -> ServeProcess:
+    """Starts `datastorage serve` and returns it once /healthz answers; `settings` as for consumers."""
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("DATASTORAGE_")},
+        "DATASTORAGE_DATABASE_URL": database_url,
+        "DATASTORAGE_REDIS_URL": redis_url,
+        "DATASTORAGE_HTTP_HOST": "127.0.0.1",
+        "DATASTORAGE_HTTP_PORT": str(port),
+        "DATASTORAGE_METRICS_PORT": "0",
+        "DATASTORAGE_LOG_FORMAT": "json",
+        **{f"DATASTORAGE_{key.upper()}": str(value) for key, value in settings.items()},
+    }
+    log_path = log_dir / f"serve-{time.monotonic_ns()}.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([DATASTORAGE, "serve"], env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    served = ServeProcess(process, f"http://127.0.0.1:{port}", log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, served.log()
+        try:
+            if httpx.get(f"{served.base_url}/healthz", timeout=2).status_code == 200:
+                return served
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise AssertionError(f"datastorage serve did not answer within {timeout} s:\n{served.log()}")
 
 
 def start_run(env_overrides: dict) -> subprocess.Popen:

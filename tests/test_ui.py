@@ -5,13 +5,14 @@ drives the same pages in a real Chromium."""
 import asyncio
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
 import uuid
 import zipfile
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
@@ -22,12 +23,21 @@ import uvicorn
 from app.api.app import create_app
 from app.audit.query import FILTERS
 from app.audit.store import AuditStore
-from app.core.settings import PROJECT_ROOT, Settings
+from app.core.settings import PROJECT_ROOT
 from app.local.embedded import free_port
 from app.ui.auth import COOKIE
 from app.ui.playbooks import explanation
 from app.ui.timeline import build_timeline, tree_order
-from tests.helpers import DLQ, SCHEMA_DIR, audit_row, client_for, event, insert_audit_row, start_run, stop_with_ctrl_c, wait_for_event
+from tests.helpers import (
+    DLQ,
+    audit_row,
+    client_for,
+    event,
+    insert_audit_row,
+    start_run,
+    stop_with_ctrl_c,
+    wait_for_event,
+)
 
 HOSTILE = {
     "html": "<script>alert('event_data')</script>",
@@ -536,8 +546,18 @@ def test_datastorage_run_serves_the_viewer(tmp_path, database_url, redis_url):
                 asyncio.run(asyncio.sleep(0.1))
         assert response.status_code == 200 and "Audit events" in response.text
         assert httpx.get(f"http://127.0.0.1:{port}/ui/static/viewer.css").status_code == 200
+        # A live tail left open does not hold the shutdown (uvicorn waits for open connections).
+        tail = socket.create_connection(("127.0.0.1", port))
+        tail.sendall(b"GET /ui/tail HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
+        tail.settimeout(10)
+        received = b""
+        while b"event: ready" not in received:
+            received += tail.recv(4096)
     finally:
+        started = time.monotonic()
         assert stop_with_ctrl_c(process) == 0
+    assert time.monotonic() - started < 20
+    tail.close()
 
 
 def test_a_wheel_carries_the_templates_and_static_files(tmp_path):

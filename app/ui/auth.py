@@ -85,7 +85,8 @@ class ViewerAuth:
             # SameSite=Strict cookie. A navigation this page starts itself is same-site, so the
             # cookie goes along and the login page sends a logged-in viewer straight on.
             return HTMLResponse(
-                f'<!doctype html><meta charset=utf-8><title>Opening…</title><a href="{escape(login)}">continue</a>',
+                '<!doctype html><meta charset=utf-8><link rel=icon href="data:,"><title>Opening…</title>'
+                f'<a href="{escape(login)}">continue</a>',
                 headers={"Refresh": f"0; url={login}"},
             )
         return RedirectResponse(login, status_code=303)

@@ -22,6 +22,7 @@ from datetime import timedelta
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import AppStatus
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
@@ -65,9 +66,7 @@ async def read_arrivals(
     async with one_snapshot(engine) as conn:
         later = later or await current_mark(conn)
         for _ in range(ROWS_PER_POLL // ROWS_PER_MESSAGE):
-            rows, after = await find_arrivals(
-                conn, replace(query, after=after), earlier, later, lookback=lookback
-            )
+            rows, after = await find_arrivals(conn, replace(query, after=after), earlier, later, lookback=lookback)
             if rows:
                 fragments.append(viewer.fragment("_rows.html", rows=rows))
             if after is None:
@@ -78,8 +77,9 @@ async def read_arrivals(
 async def events(viewer: Viewer, engine: AsyncEngine, query: AuditQuery, mark: ArrivalMark | None) -> AsyncIterator:
     if not viewer.tails.try_take():
         log.info("ui_tail_busy", open=viewer.tails.open)
-        yield ServerSentEvent(f"{viewer.tails.limit} live tails are open; trying again soon", event="busy",
-                              retry=BUSY_RETRY_MS)
+        yield ServerSentEvent(
+            f"{viewer.tails.limit} live tails are open; trying again soon", event="busy", retry=BUSY_RETRY_MS
+        )
         return
     settings = viewer.settings
     lookback = timedelta(seconds=settings.ui_tail_lookback_s)
@@ -133,3 +133,10 @@ async def tail(viewer: Viewer, request: Request) -> Response:
         ping_message_factory=lambda: ServerSentEvent("", event="heartbeat"),
         send_timeout=SEND_TIMEOUT_S,
     )
+
+
+def end_live_tails() -> None:
+    """Ends every open live tail of this process: uvicorn waits for open connections before it
+    stops, and a tail never ends by itself. `datastorage serve` needs no call (sse-starlette sees
+    uvicorn's own signal handling); `datastorage run` handles the signals itself and calls this."""
+    AppStatus.should_exit = True
