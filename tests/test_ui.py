@@ -520,6 +520,36 @@ async def test_tails_are_limited_per_process_and_a_closed_one_frees_its_place(se
             assert (await EventStream(third).next(1))[0][0] == "ready"
 
 
+@pytest.mark.faults
+async def test_the_tail_says_when_postgres_is_gone_and_goes_on_without_a_gap(served, db, database_url, postgres_server):
+    base = await served()
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http, http.stream("GET", "/ui/tail") as response:
+        stream = EventStream(response)
+        [(ready, _, _)] = await stream.next(1)
+        before = audit_row(datetime.now(UTC), event_id=uuid.uuid4())
+        await insert_audit_row(db, before)
+        [(_, _, rows)] = await stream.next(1)
+        assert str(before["event_id"]) in rows
+        postgres_server.stop()
+        try:
+            [(trouble, _, message)] = await stream.next(1, timeout=30)
+            assert trouble == "trouble" and "Postgres" in message
+        finally:
+            postgres_server.start()
+        conn = await asyncpg.connect(database_url)
+        try:
+            after = audit_row(datetime.now(UTC) - timedelta(minutes=5), event_id=uuid.uuid4())
+            await insert_audit_row(conn, after)
+        finally:
+            await conn.close()
+        kinds = []
+        while not kinds or kinds[-1] != "events":
+            [(kind, _, data)] = await stream.next(1, timeout=30)
+            kinds.append(kind)
+    assert [kind for kind in kinds if kind != "trouble"] == ["ready", "events"]  # live again, then the row
+    assert str(after["event_id"]) in data
+
+
 async def test_the_tail_refuses_what_the_list_refuses(served):
     base = await served()
     async with httpx.AsyncClient(base_url=base, timeout=10) as http:

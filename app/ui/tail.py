@@ -91,15 +91,20 @@ async def events(viewer: Viewer, engine: AsyncEngine, query: AuditQuery, mark: A
         ends = time.monotonic() + MAX_CONNECTION_S
         later: ArrivalMark | None = None
         after: Cursor | None = None
+        troubled = False
         while time.monotonic() < ends:
             try:
                 poll = await read_arrivals(viewer, engine, query, mark, later, after, lookback)
             except Exception as error:
                 if not store_unavailable(error):
                     log.exception("ui_tail_failed")
+                troubled = True
                 yield ServerSentEvent("Postgres did not answer; retrying", event="trouble")
                 await asyncio.sleep(TROUBLE_BACKOFF_S)
                 continue
+            if troubled:  # back: the browser shows it live again, and nothing was lost meanwhile
+                troubled = False
+                yield ServerSentEvent("", event="ready")
             for n, fragment in enumerate(poll.fragments, 1):
                 complete = poll.after is None and n == len(poll.fragments)
                 yield ServerSentEvent(fragment, event="events", id=poll.later.snapshot if complete else None)
