@@ -31,6 +31,7 @@ from app.audit.identity import Submission
 from app.audit.record import COLUMNS, row_values
 from app.audit.wire import decode_entry, encode_event
 from app.core.settings import PROJECT_ROOT
+from app.local.embedded import free_port
 from app.producer import AuditEvent, AuditProducer, new_audit_event
 
 SCHEMA_DIR = PROJECT_ROOT / "schema"
@@ -224,7 +225,6 @@ class ServedApi:
     connection protocol); `settings` are DATASTORAGE_* overrides (lower-case names)."""
 
     def __init__(self, database_url: str, redis_url: str, log_dir: Path, **settings: Any):
-        from app.local.embedded import free_port
 
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"

@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from app.api import audit, health, integrity, playbooks
-from app.api.access import AUDIT_READ, PUBLIC, Requirement, RouteAccess
+from app.api.access import PUBLIC, Requirement, RouteAccess
 from app.api.auth import Authenticator, Authorization, authenticator_for
 from app.api.denials import DeniedRequests
 from app.api.health import PodReadiness, health_routes
@@ -26,6 +26,7 @@ from app.api.openapi import openapi_document
 from app.api.problems import EXCEPTION_HANDLERS
 from app.api.ratelimit import RateLimit, token_buckets
 from app.api.resources import Resources
+from app.api.tokens import load_grants
 from app.audit.integrity.keys import Signer
 from app.audit.record import record_json_schema
 from app.audit.store import AuditStore
@@ -40,13 +41,16 @@ from app.core.read_replicas import ReadRouter, ReadSource
 from app.core.redis_client import create_redis
 from app.core.settings import Settings
 from app.producer import AuditProducer
+from app.ui import viewer_mount
 
 log = structlog.get_logger(__name__)
 
 OPERATIONS = [*health.operations, *audit.operations, *integrity.operations, *playbooks.operations]
 # Routes outside the OpenAPI document declare their scope here (`METHOD /template`, `*` for any
 # method, a trailing `*` for every route below a path); the others on their Operation.
-ROUTE_ACCESS: dict[str, Requirement] = {"GET /openapi.json": PUBLIC, "GET /ui*": AUDIT_READ}
+# The viewer (/ui) is public here: a browser sends its login cookie, not a bearer token, and the
+# viewer checks the cookie's token and its audit:read scope itself (app/ui/auth.py).
+ROUTE_ACCESS: dict[str, Requirement] = {"GET /openapi.json": PUBLIC, "* /ui*": PUBLIC}
 
 
 @cache
@@ -69,6 +73,8 @@ def create_app(settings: Settings, signer: Signer | None = None) -> Starlette:
         *integrity.routes,
         *audit.routes,
         *playbooks.routes,
+        # The audit viewer at /ui/: it checks the same static tokens itself, from its login cookie.
+        viewer_mount(settings, load_grants(settings.api_tokens, settings.api_tokens_file)),
     ]
     access = RouteAccess.of(routes, OPERATIONS, ROUTE_ACCESS)
     app = Starlette(

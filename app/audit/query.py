@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Select, Text, cast, select, tuple_
+from sqlalchemy import ColumnElement, Select, Text, TextClause, cast, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.audit.event import ActorType, EventOutcome, parse_rfc3339, utc_representable
@@ -192,6 +192,17 @@ def export_select(query: AuditQuery) -> Select:
     t = audit_events
     statement = filtered(select(*(t.c[name] for name in STORED_COLUMNS)), query)
     return statement.order_by(t.c.event_timestamp.asc(), t.c.event_id.asc())
+
+
+async def find_events(
+    conn: AsyncConnection, query: AuditQuery, *conditions: ColumnElement[bool] | TextClause
+) -> tuple[list[dict], Cursor | None]:
+    """A page of `query`; `conditions` narrow it further (the viewer's live tail: committed since)."""
+    rows = [dict(row._mapping) for row in await conn.execute(build_select(query).where(*conditions))]
+    if len(rows) <= query.limit:
+        return rows, None
+    rows = rows[: query.limit]
+    return rows, Cursor(rows[-1]["event_timestamp"], rows[-1]["event_id"])
 
 
 async def get_event(conn: AsyncConnection, event_id: uuid.UUID) -> dict | None:

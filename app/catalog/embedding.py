@@ -11,6 +11,7 @@ what is embedded for a playbook.
 """
 
 import asyncio
+import gc
 import os
 import threading
 import time
@@ -146,6 +147,10 @@ class EmbedderLoader:
     def _load(self) -> None:
         try:
             self._embedder = Embedder(self._backend, self._cache_dir)
+            # The model brings half a million long-lived objects, and every full collection walked
+            # them: 250 ms pauses, one every few pages of a thousand events (ops/bench/viewer.py).
+            # Frozen, the collector never scans what exists now again.
+            gc.freeze()
         except BaseException as error:  # noqa: BLE001 - reported by get(), `error` and readiness
             self._error = error
             log.error(

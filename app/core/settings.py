@@ -151,6 +151,12 @@ class Settings(BaseSettings):
     audit_denied_threshold: int = Field(default=5, ge=1)
     audit_denied_window_s: float = Field(default=60.0, gt=0)
 
+    # The viewer (/ui/): live tails open at once per process, how often each looks for newly
+    # committed rows, and how far back in event time it compares them (app/audit/arrivals.py).
+    ui_tail_max_clients: int = Field(default=16, ge=0, le=1000)
+    ui_tail_poll_interval_s: float = Field(default=0.5, gt=0, le=60)
+    ui_tail_lookback_s: float = Field(default=3600, gt=0)
+
     # The playbook embedding model's runtime: onnx (exported once into model_cache_dir; same
     # vectors, twice as fast) or torch (sentence-transformers as published).
     embedding_backend: Literal["onnx", "torch"] = "onnx"

@@ -23,6 +23,7 @@ from app.core.metrics import start_metrics_server
 from app.core.migrations import migrate_database
 from app.core.settings import Settings
 from app.local.embedded import EmbeddedPostgres, LocalRedis
+from app.ui.tail import end_live_tails
 from consumers.audit import AuditConsumer
 
 log = structlog.get_logger(__name__)
@@ -107,7 +108,9 @@ async def serve_until_stopped(settings: Settings) -> int:
         await keep_partitions_ahead(settings, stop)
         consumer_failed.cancel()
         log.info("service_stopping")
-        # The API first (no new writes accepted), then the consumer (its batch in hand finishes).
+        # The API first (no new writes accepted; the viewer's live tails end), then the consumer
+        # (its batch in hand finishes).
+        end_live_tails()
         http.should_exit = True
         await http_task
     return 1 if consumer.failed.is_set() else 0

@@ -21,6 +21,19 @@ if ! command -v promtool >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
         || echo "setup: promtool not installed; the alert rules get a structural check only" >&2
 fi
 
+# Chromium (Debian's package) lets the viewer's browser tests run: Playwright drives /usr/bin/chromium
+# and never downloads a browser of its own. Without it those tests are skipped and say why.
+if [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing chromium (Debian package) for the viewer's browser tests" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
+    else
+        echo "setup: /usr/bin/chromium is missing; the viewer's browser tests will be skipped" \
+            "(Debian/Ubuntu: sudo apt-get install chromium)" >&2
+    fi
+fi
+
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
