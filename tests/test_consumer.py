@@ -26,6 +26,7 @@ from tests.helpers import (
     publish,
     row_counts,
     settled,
+    submitted,
     wait_for,
 )
 
@@ -92,6 +93,20 @@ async def test_the_same_event_sent_twice_makes_one_row(db, client, consumers):
     await consumers()
     await wait_for(lambda: _group_read(client, 15), 30, "all 15 entries read")
     await settled(db, client, rows=10)
+
+
+async def test_the_same_event_twice_in_one_batch_makes_one_row(database_url, db):
+    """The retried XADD read in the same batch as the original: the first copy is stored, the
+    second is its redelivery."""
+    batch = events(3)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    try:
+        result = await AuditStore(pool).insert(submitted([*batch, batch[0], batch[1]]))
+    finally:
+        await pool.close()
+    assert [s.event.event_id for s in result.stored] == [e.event_id for e in batch]
+    assert len(result.duplicates) == 2 and not result.conflicts
+    assert await db.fetchval("SELECT count(*) FROM audit_events") == 3
 
 
 async def _group_read(client, count: int) -> bool:
