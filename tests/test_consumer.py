@@ -127,6 +127,8 @@ INVALID_ENTRIES = {
     "unknown_field": ({"colour": "red"}, "colour: unknown field"),
     "nul_character": ({"actor_name": "a\x00b"}, "actor_name: must not contain NUL"),
     "deep_json": ({"event_data": "[" * 40 + "]" * 40}, "event_data:"),
+    "wide_integer": ({"event_data": '{"n": 123456789012345678901234567890}'},
+                     "event_data: holds an integer beyond 64 bits"),
     "blank_type": ({"event_type": "  "}, "event_type:"),
 }
 
