@@ -309,6 +309,19 @@ async def test_postgres_stopped_for_20_seconds_loses_nothing(database_url, clien
         await db.close()
 
 
+async def test_a_bad_release_is_retried_and_alerted_never_dead_lettered(db, client, consumers):
+    """A column missing under the consumer (SQLSTATE 42703, a release ahead of its migration):
+    every batch fails alike. The entries wait in the stream, none is dead-lettered, and they are
+    stored once the schema is right again."""
+    await db.execute("ALTER TABLE audit_events RENAME COLUMN resource_name TO resource_label")
+    consumer = await consumers(retry_initial_s=0.2, retry_max_s=0.5)
+    await publish(client, events(50))
+    await wait_for(lambda: consumer.log().count("audit_write_release_error") >= 3, 30, "three failed attempts")
+    assert await pending(client) == 50 and await client.xlen(DLQ) == 0
+    await db.execute("ALTER TABLE audit_events RENAME COLUMN resource_label TO resource_name")
+    await settled(db, client, rows=50)
+
+
 async def _rows_at_least(db, count: int) -> bool:
     return (await row_counts(db))[0] >= count
 
