@@ -171,6 +171,8 @@ class AuditConsumer:
         if self._ingestor is not None:  # None when stopped before start-up finished
             self._ingestor.stopping.set()
         self._stop.set()
+        if not self._background:  # stopped during start-up (its own pending entries waiting for Postgres)
+            return
         done, running = await asyncio.wait(self._background, timeout=self.settings.shutdown_timeout_s)
         for task in running:
             task.cancel()

@@ -94,6 +94,11 @@ class AuditIngestor:
             await self.attempts.pause()
             if failures:
                 await self.attempts.forget(failures)
+        except asyncio.CancelledError:
+            # The process is stopping: FastStream cancels start-up work (the recovery of this
+            # consumer's own pending entries) at SIGTERM. A clean stop is not the entries' fault.
+            await self._leave_pending(entries)
+            raise
         except Exception as error:
             if self.stopping.is_set():
                 await self._leave_pending(entries)
@@ -224,8 +229,9 @@ class AuditIngestor:
             await self._keep_in_hand(held)
 
         async def after_wait(state: RetryCallState) -> None:
-            # The first attempt was announced by the read; a retry after a wait is announced again.
-            if state.attempt_number > 1:
+            # The first attempt was announced by the read; a retry after a wait is announced again
+            # (not when the wait ended because the consumer is stopping).
+            if state.attempt_number > 1 and not self.stopping.is_set():
                 with contextlib.suppress(redis.RedisError):
                     await self.attempts.begin(held)
 
