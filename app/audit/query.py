@@ -1,6 +1,7 @@
 """Reading the audit trail: filters, time windows and keyset pages, built with SQLAlchemy Core.
 
-Values are always bound parameters. A page is ordered by (event_timestamp, event_id) and the
+Queries read the view `audit_events_all` (schema/008): the trail and the held rows of months
+retention dropped. Values are always bound parameters. A page is ordered by (event_timestamp, event_id) and the
 cursor is the last row's pair, so pages stay stable while new events arrive. Time bounds are also
 applied to event_date, the partition key, so Postgres reads only the partitions the window needs.
 """
@@ -19,7 +20,7 @@ from sqlalchemy import ColumnElement, Select, Text, TextClause, cast, select, tu
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.audit.event import ActorType, EventOutcome, parse_rfc3339, utc_representable
-from app.audit.record import JSON_COLUMNS, STORED_COLUMNS, audit_events, record_columns
+from app.audit.record import JSON_COLUMNS, STORED_COLUMNS, audit_events_all, record_columns
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
@@ -123,7 +124,7 @@ _SELECTED = [
 
 def filtered(statement: Select, query: AuditQuery) -> Select:
     """`statement` with the query's filters and time bounds (which also bound the partitions read)."""
-    t = audit_events
+    t = audit_events_all
     for name, value in query.filters.items():
         statement = statement.where(t.c[name] == value)
     if query.since is not None:
@@ -137,7 +138,7 @@ def filtered(statement: Select, query: AuditQuery) -> Select:
 
 def build_select(query: AuditQuery) -> Select:
     """A page of the query: keyset-paginated on (event_timestamp, event_id)."""
-    t = audit_events
+    t = audit_events_all
     statement = filtered(select(*_SELECTED), query)
     position = tuple_(t.c.event_timestamp, t.c.event_id)
     if query.after is not None:
@@ -189,7 +190,7 @@ async def find_page(
 
 def export_select(query: AuditQuery) -> Select:
     """Every row of the query, oldest first, with the columns a verified export needs."""
-    t = audit_events
+    t = audit_events_all
     statement = filtered(select(*(t.c[name] for name in STORED_COLUMNS)), query)
     return statement.order_by(t.c.event_timestamp.asc(), t.c.event_id.asc())
 
@@ -206,5 +207,5 @@ async def find_events(
 
 
 async def get_event(conn: AsyncConnection, event_id: uuid.UUID) -> dict | None:
-    row = (await conn.execute(select(*_SELECTED).where(audit_events.c.event_id == event_id))).first()
+    row = (await conn.execute(select(*_SELECTED).where(audit_events_all.c.event_id == event_id))).first()
     return None if row is None else dict(row._mapping)
