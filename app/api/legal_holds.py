@@ -8,7 +8,7 @@ hold, gone from these endpoints (404), stays in the trail.
 from typing import Annotated
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -32,6 +32,13 @@ class PlaceHold(BaseModel):
 
     reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_REASON)]
 
+    @field_validator("reason")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        if "\x00" in value:  # Postgres text cannot hold one: a 400, not a 500
+            raise ValueError("must not contain NUL characters (U+0000)")
+        return value
+
 
 class HoldDocument(BaseModel):
     correlation_id: str
@@ -48,8 +55,10 @@ class HoldList(BaseModel):
 
 def _correlation_id(request: Request) -> str:
     correlation_id = path_text(request, "correlation_id")
-    if not 1 <= len(correlation_id) <= MAX_CORRELATION_ID:
-        raise Problem(400, f"correlation_id: 1 to {MAX_CORRELATION_ID} characters", parameter="correlation_id")
+    if not 1 <= len(correlation_id) <= MAX_CORRELATION_ID or correlation_id.isspace():
+        raise Problem(
+            400, f"correlation_id: 1 to {MAX_CORRELATION_ID} characters, not only spaces", parameter="correlation_id"
+        )
     return correlation_id
 
 

@@ -24,8 +24,10 @@ CorrelationId = Annotated[str, typer.Argument(help="The correlation id to hold (
 
 
 def _check(correlation_id: str) -> str:
-    if not 1 <= len(correlation_id) <= MAX_CORRELATION_ID or "\x00" in correlation_id:
-        raise typer.BadParameter(f"1 to {MAX_CORRELATION_ID} characters, no NUL", param_hint="CORRELATION_ID")
+    if not 1 <= len(correlation_id) <= MAX_CORRELATION_ID or "\x00" in correlation_id or correlation_id.isspace():
+        raise typer.BadParameter(
+            f"1 to {MAX_CORRELATION_ID} characters, no NUL, not only spaces", param_hint="CORRELATION_ID"
+        )
     return correlation_id
 
 
@@ -43,8 +45,8 @@ def place(
     """Hold a correlation; holding one that is held changes nothing."""
     _check(correlation_id)
     reason = reason.strip()
-    if not reason or len(reason) > MAX_REASON:
-        raise typer.BadParameter(f"1 to {MAX_REASON} characters", param_hint="--reason")
+    if not reason or len(reason) > MAX_REASON or "\x00" in reason:
+        raise typer.BadParameter(f"1 to {MAX_REASON} characters, no NUL", param_hint="--reason")
     settings = load_settings()
     by = Actor.of_cli().name
     hold, created = with_postgres(settings, lambda conn: legal_holds.place(conn, correlation_id, reason, by))
