@@ -295,3 +295,26 @@ async def test_the_legal_hold_commands_place_list_and_release_as_the_os_user(dat
     [placed] = await self_audit_events(client, Action.LEGAL_HOLD_PLACED.value)
     [released] = await self_audit_events(client, Action.LEGAL_HOLD_RELEASED.value)
     assert (placed.actor_id, released.actor_id, placed.metadata["via"]) == (OPERATOR, OPERATOR, "cli")
+
+
+async def test_a_run_that_fails_part_way_keeps_what_it_did_and_records_the_failure(
+    pool, db, signer, client, database_url, redis_url, signing_key
+):
+    store = AuditStore(pool, signer)
+    await store.insert(submitted([event(1, event_timestamp=datetime(2019, 2, 10, tzinfo=UTC))]))
+    await store_old_month(pool, signer)
+    # Something depends on March's partition: its DROP fails (and its transaction rolls back).
+    await db.execute("CREATE VIEW march AS SELECT * FROM audit_events_2019_03")
+    failed = datastorage("retention", "apply", "--yes", database_url=database_url, redis_url=redis_url,
+                         audit_signing_key_file=signing_key)
+    assert failed.returncode == 1 and "retention stopped after 1 partition(s)" in failed.stderr
+    months = {p.month for p in await list_partitions(db)}
+    assert date(2019, 2, 1) not in months and date(2019, 3, 1) in months
+    run = await db.fetchrow("SELECT succeeded, partitions_dropped, details FROM audit_retention_runs")
+    assert (run["succeeded"], run["partitions_dropped"]) == (False, 1) and "march" in json.loads(run["details"])["error"]
+    assert (await retention_figures(db)).last_success is None
+    [applied] = await self_audit_events(client, Action.RETENTION_APPLIED.value)
+    assert applied.event_outcome == "failure" and applied.event_data["partitions_dropped"] == 1
+    report = await verify(db, signer.verifier, [], Window())
+    assert report.intact, report.findings
+    assert report.dropped_by_retention == 1

@@ -16,11 +16,11 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import ColumnElement, Select, Text, TextClause, cast, select, tuple_
+from sqlalchemy import ColumnElement, Select, Table, Text, TextClause, cast, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.audit.event import ActorType, EventOutcome, parse_rfc3339, utc_representable
-from app.audit.record import JSON_COLUMNS, STORED_COLUMNS, audit_events_all, record_columns
+from app.audit.record import COLUMNS, JSON_COLUMNS, STORED_COLUMNS, audit_events_all
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
@@ -117,14 +117,15 @@ def _utc_date(moment: datetime) -> date:
 # event_data and metadata are read as Postgres writes them (jsonb as text) and passed on as they
 # are: numbers stay exact (a parse into Python would make a float of a 30-digit integer), and a
 # page costs no parse and no re-encoding of its largest fields.
-_SELECTED = [
-    cast(column, Text).label(column.name) if column.name in JSON_COLUMNS else column for column in record_columns
-]
+def _selected(t: Table) -> list[ColumnElement]:
+    return [cast(t.c[name], Text).label(name) if name in JSON_COLUMNS else t.c[name] for name in COLUMNS]
 
 
-def filtered(statement: Select, query: AuditQuery) -> Select:
+_SELECTED = _selected(audit_events_all)
+
+
+def filtered(statement: Select, query: AuditQuery, t: Table = audit_events_all) -> Select:
     """`statement` with the query's filters and time bounds (which also bound the partitions read)."""
-    t = audit_events_all
     for name, value in query.filters.items():
         statement = statement.where(t.c[name] == value)
     if query.since is not None:
@@ -136,10 +137,9 @@ def filtered(statement: Select, query: AuditQuery) -> Select:
     return statement
 
 
-def build_select(query: AuditQuery) -> Select:
+def build_select(query: AuditQuery, t: Table = audit_events_all) -> Select:
     """A page of the query: keyset-paginated on (event_timestamp, event_id)."""
-    t = audit_events_all
-    statement = filtered(select(*_SELECTED), query)
+    statement = filtered(select(*_selected(t)), query, t)
     position = tuple_(t.c.event_timestamp, t.c.event_id)
     if query.after is not None:
         mark = tuple_(query.after.event_timestamp, query.after.event_id)
@@ -196,10 +196,14 @@ def export_select(query: AuditQuery) -> Select:
 
 
 async def find_events(
-    conn: AsyncConnection, query: AuditQuery, *conditions: ColumnElement[bool] | TextClause
+    conn: AsyncConnection,
+    query: AuditQuery,
+    *conditions: ColumnElement[bool] | TextClause,
+    table: Table = audit_events_all,
 ) -> tuple[list[dict], Cursor | None]:
-    """A page of `query`; `conditions` narrow it further (the viewer's live tail: committed since)."""
-    rows = [dict(row._mapping) for row in await conn.execute(build_select(query).where(*conditions))]
+    """A page of `query`; `conditions` narrow it further (the viewer's live tail: committed since,
+    on `audit_events` itself, whose rows have the xmin it reads)."""
+    rows = [dict(row._mapping) for row in await conn.execute(build_select(query, table).where(*conditions))]
     if len(rows) <= query.limit:
         return rows, None
     rows = rows[: query.limit]

@@ -98,8 +98,6 @@ audit_events = _stored_table("audit_events")
 # What queries read (schema/008): audit_events and the held rows of months retention dropped,
 # which the list and get endpoints keep returning while their hold lasts.
 audit_events_all = _stored_table("audit_events_all")
-# What a query selects to answer with events: the event columns, not the integrity ones.
-record_columns = [audit_events_all.c[name] for name in COLUMNS]
 
 
 def record_json(row: dict[str, Any]) -> dict[str, Any]:

@@ -61,6 +61,15 @@ class RetentionRefused(Exception):
     """The run may not go ahead as asked (a retention under the floor, a sealed trail and no key)."""
 
 
+class RetentionFailed(Exception):
+    """A run stopped part-way; `done` is what it dropped before (dropped for good, and sealed)."""
+
+    def __init__(self, done: "RetentionPlan", error: Exception):
+        super().__init__(f"retention stopped after {done.partitions} partition(s): {error!r}")
+        self.done = done
+        self.error = error
+
+
 class RetentionBusy(Exception):
     """Another retention run holds the lock."""
 
@@ -206,7 +215,8 @@ async def apply(
 
     Raises RetentionBusy when another run is under way, RetentionRefused when the trail is
     sealed and no signing key is given (a drop without its retention seal would read as
-    tampering). A failure part-way is recorded as a failed run; what was dropped stays dropped."""
+    tampering). A failure part-way is recorded as a failed run and raised as RetentionFailed;
+    what was dropped stays dropped."""
     if signer is None and await conn.fetchval("SELECT EXISTS (SELECT 1 FROM audit_seals)"):
         raise RetentionRefused(
             "the audit trail is sealed: retention records each drop in the chain and needs the signing key "
@@ -230,6 +240,8 @@ async def apply(
         # Recorded when the connection still works; the error that stopped the run is what is raised.
         with contextlib.suppress(Exception):
             await _record_run(conn, command, actor, started, done, succeeded=False, error=repr(error))
+        if isinstance(error, Exception):
+            raise RetentionFailed(done, error) from error
         raise
     finally:
         with contextlib.suppress(Exception):

@@ -16,7 +16,7 @@ import typer
 
 from app.audit import retention
 from app.audit.integrity.keys import Signer
-from app.audit.retention import Due, RetentionBusy, RetentionPlan, RetentionPolicy, RetentionRefused
+from app.audit.retention import Due, RetentionBusy, RetentionFailed, RetentionPlan, RetentionPolicy, RetentionRefused
 from app.audit.self_audit import Action, Actor
 from app.cli.common import load_settings, with_postgres
 from app.cli.self_audit import record_cli_action
@@ -95,6 +95,13 @@ def drop_or_apply(
     except RetentionRefused as error:
         typer.echo(f"refused: {error}", err=True)
         raise typer.Exit(2) from None
+    except RetentionFailed as failure:
+        typer.echo(f"failed: {failure}", err=True)
+        data = extra(failure.done) | {"error": repr(failure.error)}
+        record_cli_action(
+            settings, action, resource_type="audit_partition", resource_id="audit_events", outcome="failure", data=data
+        )
+        raise typer.Exit(1) from None
     typer.echo(
         f"dropped {done.partitions} partition(s): {done.rows_dropped} row(s) gone, "
         f"{done.rows_archived} held row(s) moved to the archive"

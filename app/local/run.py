@@ -19,6 +19,7 @@ import structlog
 from app.api.app import create_app
 from app.api.server import InProcessServer, uvicorn_config
 from app.audit import retention
+from app.audit.event import EventOutcome
 from app.audit.integrity.keys import PRIVATE_KEY_FILE, Signer, generate_key_pair, load_signer
 from app.audit.partitions import ensure_upcoming_partitions
 from app.audit.self_audit import Action, Actor, operator_event
@@ -123,21 +124,29 @@ async def apply_retention(settings: Settings, signer: Signer | None) -> retentio
             "run `datastorage retention apply --allow-shorter` by hand if that is meant"
         )
     actor = Actor(Actor.of_cli().name, kind="system", via="schedule")
+    policy_data = {"retention_days": policy.default_days, "category_days": dict(policy.category_days)}
+
+    async def record(outcome: EventOutcome, data: dict) -> None:
+        event = operator_event(
+            Action.RETENTION_APPLIED, actor, resource_type="audit_partition", resource_id="audit_events",
+            outcome=outcome, data=policy_data | data,
+        )  # fmt: skip
+        await write_event(settings, event)
+
     conn = await connect(settings.require_database_url())
     try:
         today = await retention.today_utc(conn)
         done = await retention.apply(
             conn, policy.due(today), today, signer, command="retention apply", actor=actor.name
         )
+    except retention.RetentionFailed as failure:
+        await record("failure", failure.done.as_json() | {"error": repr(failure.error)})
+        raise
     finally:
         await conn.close()
     log.info("retention_applied", partitions=done.partitions, rows_dropped=done.rows_dropped,
              rows_archived=done.rows_archived)  # fmt: skip
-    data = {"retention_days": policy.default_days, "category_days": dict(policy.category_days), **done.as_json()}
-    event = operator_event(
-        Action.RETENTION_APPLIED, actor, resource_type="audit_partition", resource_id="audit_events", data=data
-    )
-    await write_event(settings, event)
+    await record("success", done.as_json())
     return done
 
 
