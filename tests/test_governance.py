@@ -3,6 +3,7 @@ a retention run and stays queryable while an unheld one of the same month is gon
 verifies after the drop; a dry run changes nothing; the floor, the prompt and the current month
 hold; holds answer as the issue says, to admins only; every run and hold change is audited."""
 
+import asyncio
 import getpass
 import json
 import os
@@ -13,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from app.audit.integrity.keys import public_key_path
+from app.audit.integrity.proofs import verify_proof
 from app.audit.integrity.verify import Window, verify
 from app.audit.partitions import add_months, ensure_partitions, list_partitions, month_start
-from app.audit.retention import RetentionPolicy, older_than_due, retention_figures
+from app.audit.retention import RetentionPolicy, apply, export_figures, older_than_due, retention_figures
 from app.audit.self_audit import Action
 from app.audit.store import AuditStore
 from app.local.run import apply_retention
@@ -82,6 +85,9 @@ async def test_a_held_correlation_survives_retention_and_stays_queryable_and_ver
         assert sorted(e["event_id"] for e in page["data"]) == sorted(str(i) for i in held_ids)
         assert (await api.get(f"{EVENTS}/{held_ids[0]}", headers=bearer("r3ader"))).status_code == 200
         assert (await api.get(f"{EVENTS}/{gone_ids[0]}", headers=bearer("r3ader"))).status_code == 404
+        # An archived row still proves its inclusion with the public key alone.
+        proof = await api.get(f"{EVENTS}/{held_ids[0]}/proof", headers=bearer("r3ader"))
+        assert proof.status_code == 200 and verify_proof(proof.json(), public_key_path(signing_key).read_bytes())
         page = (await api.get(EVENTS, params={"correlation_id": "rem-1"}, headers=bearer("r3ader"))).json()
         assert {e["event_id"] for e in page["data"]} == {str(e.event_id) for e in stored["now"]}
 
@@ -318,3 +324,24 @@ async def test_a_run_that_fails_part_way_keeps_what_it_did_and_records_the_failu
     report = await verify(db, signer.verifier, [], Window())
     assert report.intact, report.findings
     assert report.dropped_by_retention == 1
+
+
+async def test_the_pods_export_the_newest_successful_run_and_what_retention_dropped(pool, db, signer):
+    from app.core import metrics
+
+    await store_old_month(pool, signer)
+
+    async def exported() -> tuple[float, float, float]:
+        stop = asyncio.Event()
+        stop.set()  # one round
+        await export_figures(pool, stop)
+        return (metrics.RETENTION_LAST_SUCCESS._value.get(), metrics.RETENTION_PARTITIONS_DROPPED._value.get(),
+                metrics.RETENTION_ROWS_DROPPED._value.get())
+
+    assert await exported() == (0, 0, 0)  # nothing recorded yet: the alert's 48 h are long past
+    before = datetime.now(UTC).timestamp()
+    today = datetime.now(UTC).date()
+    await apply(db, RetentionPolicy(default_days=2555).due(today), today, signer, command="retention apply",
+                actor="test")
+    last, partitions, rows = await exported()
+    assert last >= before - 1 and (partitions, rows) == (1, 5)

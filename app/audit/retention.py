@@ -402,7 +402,7 @@ async def retention_figures(conn: asyncpg.Connection) -> RetentionFigures:
 async def export_figures(pool: asyncpg.Pool, stop: asyncio.Event, interval_s: float = 60.0) -> None:
     """Keeps the retention gauges of this pod current from the database (any pod may have run
     retention, or a CronJob that is gone by now: the database is where the runs are)."""
-    while not stop.is_set():
+    while True:
         try:
             async with pool.acquire() as conn:
                 figures = await retention_figures(conn)
@@ -413,3 +413,5 @@ async def export_figures(pool: asyncpg.Pool, stop: asyncio.Event, interval_s: fl
             log.debug("retention_figures_unavailable", error=repr(error))
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_s)
+        if stop.is_set():
+            return
