@@ -105,6 +105,15 @@ async def test_a_held_correlation_survives_retention_and_stays_queryable_and_ver
         assert (report.dropped_by_retention, report.rows) == (3, 4)
         assert (await verify(db, signer.verifier, [], Window(correlation_id="case-7"))).intact
 
+        # An archived row deleted behind the service's back is found (not read as dropped).
+        tampering = db.transaction()
+        await tampering.start()
+        await db.execute("SET LOCAL session_replication_role = replica")  # triggers off, as a superuser can
+        await db.execute("DELETE FROM audit_events_held WHERE event_id = $1", held_ids[1])
+        tampered = await verify(db, signer.verifier, [], Window())
+        await tampering.rollback()
+        assert [(f.kind, f.partition) for f in tampered.findings] == [("held_rows_missing", "audit_events_held")]
+
         # The run is recorded (for the metric) and audited, with the OS user as actor.
         figures = await retention_figures(db)
         assert figures.last_success is not None and (figures.partitions_dropped, figures.rows_dropped) == (1, 3)

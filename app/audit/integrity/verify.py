@@ -96,6 +96,8 @@ async def verify(
         await _check_correlation(conn, window.correlation_id, headers, dropped, report, now, sealing_bound, progress)
     else:
         await _check_window(conn, window, headers, dropped, report, now, sealing_bound, progress)
+        if window.since is None and window.until is None:
+            await _check_held_rows(conn, headers, report)
     return report
 
 
@@ -416,3 +418,36 @@ def _months_between(first: date, last: date) -> list[date]:
         months.append(month)
         month = add_months(month, 1)
     return months
+
+
+async def _check_held_rows(conn: asyncpg.Connection, headers: dict[int, SealHeader], report: Report) -> None:
+    """Rows retention moved to the archive (app/audit/retention.py): each dropped month keeps as
+    many as its retention seals say (`rows_held`), less those a later retention seal dropped with
+    a released hold's archive (`months`). Fewer means an archived row was deleted, which would
+    otherwise read as dropped by retention."""
+    expected: dict[date, int] = {}
+    for header in headers.values():
+        if header.kind != "retention":
+            continue
+        if header.details.get("month"):
+            month = date.fromisoformat(str(header.details["month"]))
+            expected[month] = expected.get(month, 0) + int(header.details.get("rows_held", 0))
+        for name, rows in dict(header.details.get("months") or {}).items():
+            month = date.fromisoformat(name)
+            expected[month] = expected.get(month, 0) - int(rows)
+    found = {
+        r["month"]: r["n"]
+        for r in await conn.fetch(
+            "SELECT date_trunc('month', event_date)::date AS month, count(*) AS n FROM audit_events_held GROUP BY 1"
+        )
+    }
+    for month, rows in sorted(expected.items()):
+        if found.get(month, 0) < rows:
+            report.findings.append(
+                Finding(
+                    "held_rows_missing",
+                    f"the archive holds {found.get(month, 0)} held rows of {month:%Y-%m}; "
+                    f"the retention seals kept {rows}: archived rows were deleted",
+                    partition="audit_events_held",
+                )
+            )
