@@ -22,7 +22,7 @@ from app.audit.retention import RetentionPolicy, apply, export_figures, older_th
 from app.audit.self_audit import Action
 from app.audit.store import AuditStore
 from app.local.run import apply_retention
-from tests.helpers import EVENTS, assert_problem, client_for, event, self_audit_events, submitted
+from tests.helpers import EVENTS, assert_problem, client_for, event, self_audit_events, submitted, wait_for
 
 DATASTORAGE = str(Path(sys.executable).parent / "datastorage")
 OPERATOR = os.environ.get("SUDO_USER") or getpass.getuser()
@@ -354,3 +354,34 @@ async def test_the_pods_export_the_newest_successful_run_and_what_retention_drop
                 actor="test")
     last, partitions, rows = await exported()
     assert last >= before - 1 and (partitions, rows) == (1, 5)
+
+
+async def test_a_drop_whose_lock_is_not_granted_in_time_is_tried_again(pool, db, signer, database_url, monkeypatch):
+    from app.audit import retention
+    from app.core.db import connect
+
+    monkeypatch.setattr(retention, "LOCK_RETRY_PAUSE_S", 2.0)  # long enough to see the first give up
+    await store_old_month(pool, signer)
+    reader = await connect(database_url)  # a long read of the old month holds off the DETACH
+    reading = reader.transaction()
+    await reading.start()
+    await reader.fetchval("SELECT count(*) FROM audit_events_2019_03")
+    today = datetime.now(UTC).date()
+    runner = await connect(database_url)
+    run = asyncio.create_task(apply(runner, RetentionPolicy(default_days=2555).due(today), today, signer,
+                                    command="retention apply", actor="test"))
+
+    async def waiting() -> bool:
+        return await reader.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted") > 0
+
+    async def gave_up_once() -> bool:
+        return not await waiting()
+
+    await wait_for(waiting, 30, "the DETACH waiting for its lock")
+    await wait_for(gave_up_once, 30, "the first attempt giving up")
+    await reading.rollback()
+    await reader.close()
+    done = await asyncio.wait_for(run, 60)
+    await runner.close()
+    assert done.partitions == 1
+    assert await db.fetchval("SELECT bool_and(succeeded) FROM audit_retention_runs")

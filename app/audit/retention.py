@@ -27,11 +27,12 @@ the newest success as a metric, and an alert fires when there was none for 48 ho
 
 import asyncio
 import contextlib
+import functools
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import structlog
@@ -48,11 +49,15 @@ log = structlog.get_logger(__name__)
 # A session-level advisory lock: one retention run (or partition drop) at a time, whichever pod,
 # CronJob or operator starts it.
 RETENTION_LOCK_ID = 0x72657465_6E74696F  # "retentio"
-# How long a drop waits for its locks (inserts, reads in progress) before the run fails and is
-# retried by the next one, rather than queueing every insert behind it.
-LOCK_TIMEOUT = "10s"
+# How long a drop waits for a lock (the DETACH waits for the inserts and reads in progress on
+# audit_events, and new ones queue behind it meanwhile: keep it short), and how often a month is
+# tried again when the wait runs out, before the run fails and the next run tries again.
+LOCK_TIMEOUT = "3s"
+LOCK_ATTEMPTS = 3
+LOCK_RETRY_PAUSE_S = 5.0
 _COLUMNS = ", ".join(STORED_COLUMNS)
 
+T = TypeVar("T")
 # Whether a month holding these categories is due: (first day of the month, categories) → bool.
 Due = Callable[[date, frozenset[str]], bool]
 
@@ -199,9 +204,9 @@ async def plan(conn: asyncpg.Connection, due: Due, today: date) -> RetentionPlan
     for partition in await list_partitions(conn):
         if partition.month >= month_start(today):
             continue  # never the current or a future month, whatever the rule says
-        month = await _month(conn, partition.name, partition.month)
-        if due(month.month, frozenset(month.categories)):
-            found.months.append(month)
+        # Categories first (a probe per category): the rows are counted only in a month that is due.
+        if due(partition.month, frozenset(await _categories(conn, partition.name))):
+            found.months.append(await _month(conn, partition.name, partition.month))
     for archive in await _released_archives(conn):
         if due(month_start(archive.newest), frozenset(archive.categories)):
             found.archives.append(archive)
@@ -229,11 +234,11 @@ async def apply(
     try:
         todo = await plan(conn, due, today)
         for month in todo.months:
-            dropped = await _drop_month(conn, month, due, signer)
+            dropped = await _with_lock_retries(functools.partial(_drop_month, conn, month, due, signer))
             if dropped is not None:
                 done.months.append(dropped)
         for archive in todo.archives:
-            gone = await _drop_archive(conn, archive, due, signer)
+            gone = await _with_lock_retries(functools.partial(_drop_archive, conn, archive, due, signer))
             if gone is not None:
                 done.archives.append(gone)
     except BaseException as error:
@@ -248,6 +253,19 @@ async def apply(
             await conn.execute("SELECT pg_advisory_unlock($1)", RETENTION_LOCK_ID)
     await _record_run(conn, command, actor, started, done, succeeded=True)
     return done
+
+
+async def _with_lock_retries(drop: Callable[[], Awaitable[T]]) -> T:
+    """Runs one drop's transaction, again after a pause when a lock was not granted in time (55P03)."""
+    for attempt in range(1, LOCK_ATTEMPTS + 1):
+        try:
+            return await drop()
+        except asyncpg.LockNotAvailableError:
+            if attempt == LOCK_ATTEMPTS:
+                raise
+            log.warning("retention_lock_not_granted", attempt=attempt, timeout=LOCK_TIMEOUT)
+            await asyncio.sleep(LOCK_RETRY_PAUSE_S)
+    raise AssertionError("unreachable")
 
 
 async def _month(conn: asyncpg.Connection, name: str, month: date) -> MonthDrop:
