@@ -18,7 +18,14 @@ from app.audit.integrity.keys import public_key_path
 from app.audit.integrity.proofs import verify_proof
 from app.audit.integrity.verify import Window, verify
 from app.audit.partitions import add_months, ensure_partitions, list_partitions, month_start
-from app.audit.retention import RetentionPolicy, apply, export_figures, older_than_due, retention_figures
+from app.audit.retention import (
+    RetentionPolicy,
+    RetentionRefused,
+    apply,
+    export_figures,
+    older_than_due,
+    retention_figures,
+)
 from app.audit.self_audit import Action
 from app.audit.store import AuditStore
 from app.local.run import apply_retention
@@ -253,6 +260,18 @@ async def test_the_daily_run_of_datastorage_run_applies_the_policy_and_audits_it
     assert tuple(await db.fetchrow("SELECT command, succeeded FROM audit_retention_runs")) == ("retention apply", True)
     [applied] = await self_audit_events(client, Action.RETENTION_APPLIED.value)
     assert (applied.actor_type, applied.metadata["via"]) == ("system", "schedule")
+    # A retention under the floor is never applied unattended.
+    with pytest.raises(RetentionRefused, match="run `datastorage retention apply --allow-shorter` by hand"):
+        await apply_retention(settings.model_copy(update={"retention_days": 30}), signer)
+
+
+async def test_the_archive_and_the_view_have_the_columns_of_audit_events_in_order(db):
+    async def columns(name: str) -> list[tuple[str, str]]:
+        return [tuple(r) for r in await db.fetch(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = $1 "
+            "ORDER BY ordinal_position", name)]
+
+    assert await columns("audit_events") == await columns("audit_events_held") == await columns("audit_events_all")
 
 
 async def test_legal_holds_answer_as_stated_to_admins_only(secured, client):
