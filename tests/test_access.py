@@ -121,6 +121,9 @@ def test_every_route_declares_its_scope_next_to_it_and_the_document_states_it():
         ("GET", "/api/v1/playbooks/{playbook_id}/versions/{version}"): "playbooks:read",
         ("GET", EVENTS + "/{event_id}/proof"): "audit:read", ("GET", EVENTS + "/export"): "admin",
         ("POST", "/api/v1/audit/verify"): "admin",
+        ("GET", "/api/v1/audit/legal-holds"): "admin", ("GET", "/api/v1/audit/legal-holds/{correlation_id}"): "admin",
+        ("POST", "/api/v1/audit/legal-holds/{correlation_id}"): "admin",
+        ("DELETE", "/api/v1/audit/legal-holds/{correlation_id}"): "admin",
     }
     post = document["paths"][EVENTS]["post"]
     assert post["security"] == [{"bearer": ["audit:write"]}]

@@ -114,6 +114,19 @@ def test_kubernetes_rbac_lets_the_api_review_access_and_clients_use_the_reviewed
     assert granted("datastorage-admin", group, resource) == set(VERBS.values()) == {"get", "create", "update"}
 
 
+def test_the_retention_cronjob_applies_the_policy_daily_without_a_prompt_and_never_twice_at_once():
+    [cronjob] = by_kind("CronJob").values()
+    spec = cronjob["spec"]
+    assert spec["concurrencyPolicy"] == "Forbid" and len(spec["schedule"].split()) == 5
+    [container] = spec["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["retention", "apply", "--yes"]
+    assert {ref.get("configMapRef", ref.get("secretRef"))["name"] for ref in container["envFrom"]} == {"datastorage"}
+    configured = by_kind("ConfigMap")["datastorage"]["data"]
+    defaults = Settings()
+    assert (int(configured["DATASTORAGE_RETENTION_DAYS"]), int(configured["DATASTORAGE_RETENTION_FLOOR_DAYS"])) == (
+        defaults.retention_days, defaults.retention_floor_days) == (2555, 365)
+
+
 def mebibytes(quantity: str) -> float:
     number, unit = re.fullmatch(r"(\d+)(Mi|Gi)", quantity).groups()
     return int(number) * (1024 if unit == "Gi" else 1)
@@ -124,7 +137,8 @@ ALERTS = {"DatastorageDLQDepthHigh": "warning", "DatastorageWriteErrorRateHigh":
           "DatastoragePlaybookSearchSlow": "warning", "DatastorageConsumerLagGrowing": "warning",
           "DatastorageOldestPendingTooOld": "warning", "DatastorageReleaseErrors": "critical",
           "DatastorageStreamEntriesLost": "critical", "DatastorageStreamGroupRecreated": "warning",
-          "DatastorageStreamEntryIdsAhead": "warning", "DatastorageConsumerFatalErrors": "critical"}
+          "DatastorageStreamEntryIdsAhead": "warning", "DatastorageConsumerFatalErrors": "critical",
+          "DatastorageRetentionNotRunning": "warning"}
 
 
 def test_alert_rules_are_valid_and_cover_what_operators_watch():
@@ -139,6 +153,8 @@ def test_alert_rules_are_valid_and_cover_what_operators_watch():
     assert "0.95" in rules["DatastoragePlaybookSearchSlow"]["expr"] and "> 5" in rules["DatastoragePlaybookSearchSlow"]["expr"]
     assert rules["DatastorageConsumerLagGrowing"]["for"] == "10m"
     assert "> 300" in rules["DatastorageOldestPendingTooOld"]["expr"]
+    assert "datastorage_retention_last_success_timestamp_seconds) > 48 * 3600" in rules[
+        "DatastorageRetentionNotRunning"]["expr"]
     promtool = shutil.which("promtool")
     if promtool:  # ops/dev/setup.sh installs it where it can (Debian's prometheus package)
         result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)

@@ -84,7 +84,10 @@ def test_the_document_is_openapi_3_1_and_loads():
                           ("GET", "/api/v1/playbooks/{playbook_id}/versions"),
                           ("GET", "/api/v1/playbooks/{playbook_id}/versions/{version}"),
                           ("GET", "/api/v1/audit-events/{event_id}/proof"), ("GET", "/api/v1/audit-events/export"),
-                          ("POST", "/api/v1/audit/verify")}
+                          ("POST", "/api/v1/audit/verify"), ("GET", "/api/v1/audit/legal-holds"),
+                          ("GET", "/api/v1/audit/legal-holds/{correlation_id}"),
+                          ("POST", "/api/v1/audit/legal-holds/{correlation_id}"),
+                          ("DELETE", "/api/v1/audit/legal-holds/{correlation_id}")}
 
 
 def test_real_responses_validate_against_the_document(served_api, catalog):

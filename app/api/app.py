@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from app.api import audit, health, integrity, playbooks
+from app.api import audit, health, integrity, legal_holds, playbooks
 from app.api.access import PUBLIC, Requirement, RouteAccess
 from app.api.auth import Authenticator, Authorization, authenticator_for
 from app.api.denials import DeniedRequests
@@ -27,6 +27,7 @@ from app.api.problems import EXCEPTION_HANDLERS
 from app.api.ratelimit import RateLimit, token_buckets
 from app.api.resources import Resources
 from app.api.tokens import load_grants
+from app.audit import retention
 from app.audit.integrity.keys import Signer
 from app.audit.record import record_json_schema
 from app.audit.store import AuditStore
@@ -44,7 +45,13 @@ from app.ui import viewer_mount
 
 log = structlog.get_logger(__name__)
 
-OPERATIONS = [*health.operations, *audit.operations, *integrity.operations, *playbooks.operations]
+OPERATIONS = [
+    *health.operations,
+    *audit.operations,
+    *integrity.operations,
+    *legal_holds.operations,
+    *playbooks.operations,
+]
 # Routes outside the OpenAPI document declare their scope here (`METHOD /template`, `*` for any
 # method, a trailing `*` for every route below a path); the others on their Operation.
 # The viewer (/ui) is public here: a browser sends its login cookie, not a bearer token, and the
@@ -71,6 +78,7 @@ def create_app(settings: Settings, signer: Signer | None = None) -> Starlette:
         # Before the audit routes: /audit-events/export is not an event id.
         *integrity.routes,
         *audit.routes,
+        *legal_holds.routes,
         *playbooks.routes,
         # The audit viewer at /ui/: it checks the same static tokens itself, from its login cookie.
         viewer_mount(settings, load_grants(settings.api_tokens, settings.api_tokens_file)),
@@ -136,6 +144,8 @@ async def lifespan(
         ),
         asyncio.create_task(readiness.keep_refreshing(found, stop)),
         asyncio.create_task(denials.run(writer, stop)),
+        # The retention gauges: the alert needs them from pods that live, not from the CronJob's.
+        asyncio.create_task(retention.export_figures(pool, stop)),
     ]
     if reads.replicas:
         workers.append(asyncio.create_task(reads.keep_measuring(stop, settings.read_replica_check_interval_s)))

@@ -79,7 +79,7 @@ async def get_proof(request: Request) -> Response:
     found = resources(request)
     async with found.pool.acquire() as conn:
         row = await conn.fetchrow(
-            f"SELECT {', '.join(ENCODED_COLUMNS)}, seal_id, integrity_salt FROM audit_events WHERE event_id = $1",
+            f"SELECT {', '.join(ENCODED_COLUMNS)}, seal_id, integrity_salt FROM audit_events_all WHERE event_id = $1",
             event_id,
         )
         if row is None:

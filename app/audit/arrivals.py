@@ -30,6 +30,7 @@ from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.audit.query import AuditQuery, Cursor, find_events
+from app.audit.record import audit_events
 
 # pg_snapshot's text form, xmin:xmax:xip,… (xip: the transactions in progress at the time).
 _SNAPSHOT = re.compile(r"^\d{1,20}:\d{1,20}:(\d{1,20}(,\d{1,20})*)?$")
@@ -96,4 +97,6 @@ async def find_arrivals(
     snapshot."""
     horizon = (now or datetime.now(UTC)) - lookback
     since = horizon if query.since is None else max(query.since, horizon)
-    return await find_events(conn, replace(query, since=since), committed_between(earlier, later))
+    # audit_events itself, not the view: arrivals are new rows of the trail (xmin is a table's column).
+    query = replace(query, since=since)
+    return await find_events(conn, query, committed_between(earlier, later), table=audit_events)

@@ -72,20 +72,3 @@ async def list_partitions(conn: asyncpg.Connection, *, exact_counts: bool = Fals
         year, month = record["relname"].removeprefix("audit_events_").split("_")
         partitions.append(Partition(record["name"], date(int(year), int(month), 1), rows, record["bytes"]))
     return partitions
-
-
-async def drop_partitions_before(conn: asyncpg.Connection, months: int, *, dry_run: bool = False) -> list[Partition]:
-    """Retention: detaches and drops the partitions of months that ended more than `months`
-    months ago. The current month and future ones are never candidates (`months` >= 1)."""
-    if months < 1:
-        raise ValueError("retention must keep at least the current month (older-than of 1mo or more)")
-    today = await conn.fetchval("SELECT (now() AT TIME ZONE 'UTC')::date")
-    cutoff = add_months(month_start(today), -months)
-    victims = [p for p in await list_partitions(conn) if p.month < cutoff]
-    if not dry_run:
-        for partition in victims:
-            async with conn.transaction():
-                # Names come from pg_class, quoted by regclass: no user input in this DDL.
-                await conn.execute(f"ALTER TABLE audit_events DETACH PARTITION {partition.name}")
-                await conn.execute(f"DROP TABLE {partition.name}")
-    return victims

@@ -1,6 +1,7 @@
 """Reading the audit trail: filters, time windows and keyset pages, built with SQLAlchemy Core.
 
-Values are always bound parameters. A page is ordered by (event_timestamp, event_id) and the
+Queries read the view `audit_events_all` (schema/008): the trail and the held rows of months
+retention dropped. Values are always bound parameters. A page is ordered by (event_timestamp, event_id) and the
 cursor is the last row's pair, so pages stay stable while new events arrive. Time bounds are also
 applied to event_date, the partition key, so Postgres reads only the partitions the window needs.
 """
@@ -15,11 +16,11 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import ColumnElement, Select, Text, TextClause, cast, select, tuple_
+from sqlalchemy import ColumnElement, Select, Table, Text, TextClause, cast, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.audit.event import ActorType, EventOutcome, parse_rfc3339, utc_representable
-from app.audit.record import JSON_COLUMNS, STORED_COLUMNS, audit_events, record_columns
+from app.audit.record import COLUMNS, JSON_COLUMNS, STORED_COLUMNS, audit_events_all
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
@@ -116,14 +117,15 @@ def _utc_date(moment: datetime) -> date:
 # event_data and metadata are read as Postgres writes them (jsonb as text) and passed on as they
 # are: numbers stay exact (a parse into Python would make a float of a 30-digit integer), and a
 # page costs no parse and no re-encoding of its largest fields.
-_SELECTED = [
-    cast(column, Text).label(column.name) if column.name in JSON_COLUMNS else column for column in record_columns
-]
+def _selected(t: Table) -> list[ColumnElement]:
+    return [cast(t.c[name], Text).label(name) if name in JSON_COLUMNS else t.c[name] for name in COLUMNS]
 
 
-def filtered(statement: Select, query: AuditQuery) -> Select:
+_SELECTED = _selected(audit_events_all)
+
+
+def filtered(statement: Select, query: AuditQuery, t: Table = audit_events_all) -> Select:
     """`statement` with the query's filters and time bounds (which also bound the partitions read)."""
-    t = audit_events
     for name, value in query.filters.items():
         statement = statement.where(t.c[name] == value)
     if query.since is not None:
@@ -135,10 +137,9 @@ def filtered(statement: Select, query: AuditQuery) -> Select:
     return statement
 
 
-def build_select(query: AuditQuery) -> Select:
+def build_select(query: AuditQuery, t: Table = audit_events_all) -> Select:
     """A page of the query: keyset-paginated on (event_timestamp, event_id)."""
-    t = audit_events
-    statement = filtered(select(*_SELECTED), query)
+    statement = filtered(select(*_selected(t)), query, t)
     position = tuple_(t.c.event_timestamp, t.c.event_id)
     if query.after is not None:
         mark = tuple_(query.after.event_timestamp, query.after.event_id)
@@ -189,16 +190,20 @@ async def find_page(
 
 def export_select(query: AuditQuery) -> Select:
     """Every row of the query, oldest first, with the columns a verified export needs."""
-    t = audit_events
+    t = audit_events_all
     statement = filtered(select(*(t.c[name] for name in STORED_COLUMNS)), query)
     return statement.order_by(t.c.event_timestamp.asc(), t.c.event_id.asc())
 
 
 async def find_events(
-    conn: AsyncConnection, query: AuditQuery, *conditions: ColumnElement[bool] | TextClause
+    conn: AsyncConnection,
+    query: AuditQuery,
+    *conditions: ColumnElement[bool] | TextClause,
+    table: Table = audit_events_all,
 ) -> tuple[list[dict], Cursor | None]:
-    """A page of `query`; `conditions` narrow it further (the viewer's live tail: committed since)."""
-    rows = [dict(row._mapping) for row in await conn.execute(build_select(query).where(*conditions))]
+    """A page of `query`; `conditions` narrow it further (the viewer's live tail: committed since,
+    on `audit_events` itself, whose rows have the xmin it reads)."""
+    rows = [dict(row._mapping) for row in await conn.execute(build_select(query, table).where(*conditions))]
     if len(rows) <= query.limit:
         return rows, None
     rows = rows[: query.limit]
@@ -206,5 +211,5 @@ async def find_events(
 
 
 async def get_event(conn: AsyncConnection, event_id: uuid.UUID) -> dict | None:
-    row = (await conn.execute(select(*_SELECTED).where(audit_events.c.event_id == event_id))).first()
+    row = (await conn.execute(select(*_SELECTED).where(audit_events_all.c.event_id == event_id))).first()
     return None if row is None else dict(row._mapping)

@@ -29,12 +29,14 @@ CATEGORY = "operations"
 
 
 class Action(StrEnum):
-    """Every event type the service writes about itself (later: retention, legal holds,
-    failed verification)."""
+    """Every event type the service writes about itself (later: failed verification)."""
 
     DLQ_REPLAYED = "datastorage.dlq.replayed"
     DLQ_PURGED = "datastorage.dlq.purged"
     PARTITIONS_DROPPED = "datastorage.partitions.dropped"
+    RETENTION_APPLIED = "datastorage.retention.applied"
+    LEGAL_HOLD_PLACED = "datastorage.legal_hold.placed"
+    LEGAL_HOLD_RELEASED = "datastorage.legal_hold.released"
     CATALOG_IMPORTED = "datastorage.catalog.imported"
     ACCESS_DENIED = "datastorage.access.denied"
 

@@ -2,14 +2,16 @@
 
 import json
 import re
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
 
-from app.audit.partitions import drop_partitions_before, ensure_upcoming_partitions, list_partitions
+from app.audit.partitions import ensure_upcoming_partitions, list_partitions
+from app.audit.retention import RetentionPlan, older_than_days, older_than_due
 from app.audit.self_audit import Action
 from app.cli.common import load_settings, with_postgres
-from app.cli.self_audit import record_cli_action
+from app.cli.retention import ALLOW_SHORTER, check_floor, drop_or_apply
 
 partitions_cli = typer.Typer(help="Monthly partitions of audit_events.", no_args_is_help=True)
 
@@ -47,34 +49,32 @@ def drop(
     ],
     dry_run: Annotated[bool, typer.Option(help="Only list what would be dropped.")] = False,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
+    allow_shorter: Annotated[bool, ALLOW_SHORTER] = False,
 ) -> None:
-    """Drop whole monthly partitions older than the retention (never the current or a future month)."""
+    """Drop whole monthly partitions older than the retention (never the current or a future month).
+
+    The manual form of `retention apply`: rows under a legal hold move to the archive first, a
+    retention below DATASTORAGE_RETENTION_FLOOR_DAYS is refused without --allow-shorter, and each
+    drop is recorded in the integrity chain and in the self-audit trail."""
     match = re.fullmatch(r"(\d+)mo", older_than.strip())
     if not match or int(match[1]) < 1:
         raise typer.BadParameter("give months, 1mo or more, e.g. 13mo", param_hint="--older-than")
     months = int(match[1])
     settings = load_settings()
-    candidates = with_postgres(settings, lambda conn: drop_partitions_before(conn, months, dry_run=True))
-    for p in candidates:
-        typer.echo(f"{p.name}  {p.month:%Y-%m}  ~{p.rows} rows  {p.bytes / 2**20:.1f}MB")
-    if not candidates:
-        typer.echo("nothing older than the retention")
-        return
-    if dry_run:
-        typer.echo(f"dry run: {len(candidates)} partition(s) would be dropped")
-        return
-    if not yes:
-        typer.confirm(f"drop these {len(candidates)} partition(s) and their rows for good?", abort=True)
-    dropped = with_postgres(settings, lambda conn: drop_partitions_before(conn, months))
-    typer.echo(f"dropped {len(dropped)} partition(s)")
-    record_cli_action(
-        settings,
-        Action.PARTITIONS_DROPPED,
-        resource_type="audit_partition",
-        resource_id="audit_events",
-        data={
-            "older_than": f"{months}mo",
-            "partitions": [{"name": p.name, "month": f"{p.month:%Y-%m}", "estimated_rows": p.rows} for p in dropped],
-            "estimated_rows": sum(max(p.rows, 0) for p in dropped),
-        },
+    today = datetime.now(UTC).date()
+    check_floor(
+        older_than_days(months, today), settings.retention_floor_days, allow_shorter, f"--older-than {months}mo"
     )
+
+    def record(done: RetentionPlan) -> dict:
+        return {
+            "older_than": f"{months}mo",
+            "partitions": [
+                {"name": m.partition, "month": f"{m.month:%Y-%m}", "estimated_rows": m.rows} for m in done.months
+            ],
+            "estimated_rows": sum(m.rows for m in done.months),
+            **done.as_json(),
+        }
+
+    drop_or_apply(settings, lambda day: older_than_due(months, day), dry_run=dry_run, yes=yes,
+                  command="partitions drop", action=Action.PARTITIONS_DROPPED, extra=record)  # fmt: skip

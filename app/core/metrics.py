@@ -126,6 +126,17 @@ KUBERNETES_REVIEWS = Counter(
 KUBERNETES_REVIEW_CACHE_HITS = Counter(
     "datastorage_kubernetes_review_cache_hits_total", "Review answers reused from the cache, by kind.", ["kind"]
 )
+# Read from audit_retention_runs by every API pod (the run may have been a CronJob's).
+RETENTION_LAST_SUCCESS = Gauge(
+    "datastorage_retention_last_success_timestamp_seconds",
+    "Unix time of the newest successful retention run (0: none recorded).",
+)
+RETENTION_PARTITIONS_DROPPED = Gauge(
+    "datastorage_retention_partitions_dropped", "Partitions dropped by retention runs and partition drops, in all."
+)
+RETENTION_ROWS_DROPPED = Gauge(
+    "datastorage_retention_rows_dropped", "Audit rows dropped for good by retention runs and partition drops, in all."
+)
 SELF_AUDIT_WRITE_FAILURES = Counter(
     "datastorage_self_audit_write_failures_total",
     "Self-audit events (the service's own actions) that neither Redis nor Postgres took.",

@@ -7,7 +7,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.audit.event import ValidationLimits
@@ -17,6 +17,19 @@ from app.streams.keys import StreamKeys
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Where Kubernetes mounts a pod's service-account token, CA and namespace.
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+def parse_category_days(text: str) -> dict[str, int]:
+    """`security=3650,notification=90` → {"security": 3650, "notification": 90}."""
+    days: dict[str, int] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        category, _, value = item.partition("=")
+        if not category.strip() or not value.strip().isdigit() or int(value) < 1:
+            raise ValueError(f"{item!r}: expected CATEGORY=DAYS (days a whole number, 1 or more)")
+        days[category.strip()] = int(value)
+    return days
 
 
 class MissingSetting(ValueError):
@@ -103,6 +116,13 @@ class Settings(BaseSettings):
     # Top-level event_data keys an export replaces by their commitments (comma-separated).
     audit_export_redact: str = ""
 
+    # Retention (app/audit/retention.py): days an event is kept, per-category days that replace it
+    # for their category (`security=3650,notification=90`), and the floor below which a retention
+    # is refused without --allow-shorter.
+    retention_days: int = Field(default=2555, ge=1)
+    retention_category_days: str = ""
+    retention_floor_days: int = Field(default=365, ge=0)
+
     # HTTP API. Tokens: comma-separated (every right), or `TOKEN [SCOPES] [NAME]` lines in a file
     # (app/api/tokens.py); none configured = no auth. `kubernetes`: TokenReview + SubjectAccessReview.
     auth: Literal["tokens", "kubernetes"] = "tokens"
@@ -176,6 +196,12 @@ class Settings(BaseSettings):
         """The largest stream entry that can be a storable event: two JSON objects at their limit
         and room for the other fields. A larger one is dead-lettered as too_large unread."""
         return 2 * self.max_json_bytes + 16 * 1024
+
+    @field_validator("retention_category_days")
+    @classmethod
+    def _category_days(cls, value: str) -> str:
+        parse_category_days(value)  # a typo fails at start, not at the first retention run
+        return value
 
     @cached_property
     def validation_limits(self) -> ValidationLimits:

@@ -3,21 +3,27 @@
 With no `DATASTORAGE_DATABASE_URL` it starts the embedded Postgres (data in
 `<data_dir>/pgdata`), with no `DATASTORAGE_REDIS_URL` a private redis-server (AOF on, data in
 `<data_dir>/redis`); it applies the migrations, then runs the service's parts (the audit consumer,
-the HTTP API, partition upkeep, /metrics) in this process until SIGINT or SIGTERM, and stops what it started:
-the consumer first (its batch in hand is finished or left pending), the servers last.
+the HTTP API, partition upkeep, the daily retention run, /metrics) in this process until SIGINT or
+SIGTERM, and stops what it started: the consumer first (its batch in hand is finished or left
+pending), the servers last.
 """
 
 import asyncio
 import contextlib
 import signal
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import structlog
 
 from app.api.app import create_app
 from app.api.server import InProcessServer, uvicorn_config
-from app.audit.integrity.keys import PRIVATE_KEY_FILE, generate_key_pair, load_signer
+from app.audit import retention
+from app.audit.event import EventOutcome
+from app.audit.integrity.keys import PRIVATE_KEY_FILE, Signer, generate_key_pair, load_signer
 from app.audit.partitions import ensure_upcoming_partitions
+from app.audit.self_audit import Action, Actor, operator_event
+from app.cli.self_audit import write_event
 from app.core.db import connect, create_database
 from app.core.metrics import start_metrics_server
 from app.core.migrations import migrate_database
@@ -30,6 +36,12 @@ log = structlog.get_logger(__name__)
 
 EMBEDDED_DATABASE = "datastorage"
 PARTITION_CHECK_INTERVAL_S = 3600
+# Retention runs daily: 24 h after the newest successful run (whoever made it: this process, a
+# CronJob, an operator), not before RETENTION_FIRST_DELAY_S after start, and a failed run is
+# tried again after RETENTION_RETRY_S.
+RETENTION_INTERVAL = timedelta(hours=24)
+RETENTION_FIRST_DELAY_S = 300.0
+RETENTION_RETRY_S = 3600.0
 
 
 def start_embedded_servers(settings: Settings, stack: contextlib.ExitStack) -> Settings:
@@ -77,6 +89,67 @@ async def keep_partitions_ahead(settings: Settings, stop: asyncio.Event) -> None
             log.exception("partition_check_failed")
 
 
+async def keep_applying_retention(settings: Settings, signer: Signer | None, stop: asyncio.Event) -> None:
+    """The retention policy, applied daily inside `datastorage run` (app/audit/retention.py)."""
+    soonest = RETENTION_FIRST_DELAY_S
+    while not stop.is_set():
+        delay = soonest
+        with contextlib.suppress(Exception):  # Postgres away: try after the shortest wait
+            conn = await connect(settings.require_database_url())
+            try:
+                last = (await retention.retention_figures(conn)).last_success
+            finally:
+                await conn.close()
+            if last is not None:
+                delay = max(soonest, (last + RETENTION_INTERVAL - datetime.now(UTC)).total_seconds())
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        if stop.is_set():
+            return
+        try:
+            await apply_retention(settings, signer)
+            soonest = RETENTION_FIRST_DELAY_S
+        except Exception:
+            log.exception("retention_run_failed")
+            soonest = RETENTION_RETRY_S
+
+
+async def apply_retention(settings: Settings, signer: Signer | None) -> retention.RetentionPlan:
+    """One run of the policy, without prompts, recorded and self-audited (actor: this process's
+    operating-system user, as a system actor)."""
+    policy = retention.RetentionPolicy.from_settings(settings)
+    if short := policy.below_floor():
+        raise retention.RetentionRefused(
+            f"{', '.join(short)} is below DATASTORAGE_RETENTION_FLOOR_DAYS: "
+            "run `datastorage retention apply --allow-shorter` by hand if that is meant"
+        )
+    actor = Actor(Actor.of_cli().name, kind="system", via="schedule")
+    policy_data = {"retention_days": policy.default_days, "category_days": dict(policy.category_days)}
+
+    async def record(outcome: EventOutcome, data: dict) -> None:
+        event = operator_event(
+            Action.RETENTION_APPLIED, actor, resource_type="audit_partition", resource_id="audit_events",
+            outcome=outcome, data=policy_data | data,
+        )  # fmt: skip
+        await write_event(settings, event)
+
+    conn = await connect(settings.require_database_url())
+    try:
+        today = await retention.today_utc(conn)
+        done = await retention.apply(
+            conn, policy.due(today), today, signer, command="retention apply", actor=actor.name
+        )
+    except retention.RetentionFailed as failure:
+        await record("failure", failure.done.as_json() | {"error": repr(failure.error)})
+        raise
+    finally:
+        await conn.close()
+    log.info("retention_applied", partitions=done.partitions, rows_dropped=done.rows_dropped,
+             rows_archived=done.rows_archived)  # fmt: skip
+    await record("success", done.as_json())
+    return done
+
+
 async def serve_until_stopped(settings: Settings) -> int:
     """Runs the parts until SIGINT/SIGTERM or a fatal error of the consumer; returns the exit code."""
     stop = asyncio.Event()
@@ -105,7 +178,9 @@ async def serve_until_stopped(settings: Settings) -> int:
         )
         consumer_failed = asyncio.create_task(consumer.failed.wait())
         consumer_failed.add_done_callback(lambda _: stop.set())
+        retention_task = asyncio.create_task(keep_applying_retention(settings, signer, stop))
         await keep_partitions_ahead(settings, stop)
+        await retention_task
         consumer_failed.cancel()
         log.info("service_stopping")
         # The API first (no new writes accepted; the viewer's live tails end), then the consumer

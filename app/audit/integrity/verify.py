@@ -96,6 +96,8 @@ async def verify(
         await _check_correlation(conn, window.correlation_id, headers, dropped, report, now, sealing_bound, progress)
     else:
         await _check_window(conn, window, headers, dropped, report, now, sealing_bound, progress)
+        if window.since is None and window.until is None:
+            await _check_held_rows(conn, headers, report)
     return report
 
 
@@ -244,10 +246,8 @@ async def _check_window(
             continue
         leaves = await _leaves_between(conn, headers, lo, hi)
         partition = months.get(month)
-        if partition is None:
-            if month in dropped:
-                report.dropped_by_retention += len(leaves)
-            elif leaves:
+        if partition is None and month not in dropped:
+            if leaves:
                 report.findings.append(
                     Finding(
                         "partition_missing",
@@ -257,8 +257,13 @@ async def _check_window(
                     )
                 )
             continue
+        # The view: a dropped month's held rows were moved to the archive and are checked there
+        # (retention, schema/008); its other rows are missing and counted as dropped below.
         rows = conn.cursor(
-            f"SELECT {ROW_COLUMNS} FROM audit_events WHERE event_date BETWEEN $1 AND $2", lo, hi, prefetch=FETCH_ROWS
+            f"SELECT {ROW_COLUMNS} FROM audit_events_all WHERE event_date BETWEEN $1 AND $2",
+            lo,
+            hi,
+            prefetch=FETCH_ROWS,
         )
         async with conn.transaction():
             await _check_rows(rows, leaves, headers, report, now, bound, progress)
@@ -287,7 +292,7 @@ async def _check_correlation(
             for leaf in unpack_leaves(bytes(record["leaves"])):
                 leaves[leaf.event_id] = (header.chain_index, leaf)
     rows = await conn.fetch(
-        f"SELECT {ROW_COLUMNS} FROM audit_events WHERE correlation_id = $1 OR event_id = ANY($2::uuid[])",
+        f"SELECT {ROW_COLUMNS} FROM audit_events_all WHERE correlation_id = $1 OR event_id = ANY($2::uuid[])",
         correlation_id,
         list(leaves),
     )
@@ -413,3 +418,36 @@ def _months_between(first: date, last: date) -> list[date]:
         months.append(month)
         month = add_months(month, 1)
     return months
+
+
+async def _check_held_rows(conn: asyncpg.Connection, headers: dict[int, SealHeader], report: Report) -> None:
+    """Rows retention moved to the archive (app/audit/retention.py): each dropped month keeps as
+    many as its retention seals say (`rows_held`), less those a later retention seal dropped with
+    a released hold's archive (`months`). Fewer means an archived row was deleted, which would
+    otherwise read as dropped by retention."""
+    expected: dict[date, int] = {}
+    for header in headers.values():
+        if header.kind != "retention":
+            continue
+        if header.details.get("month"):
+            month = date.fromisoformat(str(header.details["month"]))
+            expected[month] = expected.get(month, 0) + int(header.details.get("rows_held", 0))
+        for name, rows in dict(header.details.get("months") or {}).items():
+            month = date.fromisoformat(name)
+            expected[month] = expected.get(month, 0) - int(rows)
+    found = {
+        r["month"]: r["n"]
+        for r in await conn.fetch(
+            "SELECT date_trunc('month', event_date)::date AS month, count(*) AS n FROM audit_events_held GROUP BY 1"
+        )
+    }
+    for month, rows in sorted(expected.items()):
+        if found.get(month, 0) < rows:
+            report.findings.append(
+                Finding(
+                    "held_rows_missing",
+                    f"the archive holds {found.get(month, 0)} held rows of {month:%Y-%m}; "
+                    f"the retention seals kept {rows}: archived rows were deleted",
+                    partition="audit_events_held",
+                )
+            )
