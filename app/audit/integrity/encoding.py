@@ -28,8 +28,23 @@ _EVENT_DATA = ENCODED_COLUMNS.index("event_data")
 
 
 def canonical_json(value: Any) -> bytes:
-    """No whitespace, keys sorted, UTF-8, shortest round-trip floats (orjson's rules)."""
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    """No whitespace, keys sorted, UTF-8, shortest round-trip floats (orjson's rules); -0.0 is 0.0."""
+    encoded = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    if b"-0.0" in encoded:  # rare: look closer only then (the bytes may be inside a string)
+        encoded = orjson.dumps(_without_negative_zero(value), option=orjson.OPT_SORT_KEYS)
+    return encoded
+
+
+def _without_negative_zero(value: Any) -> Any:
+    """jsonb has no negative zero (it stores -0.0 as 0.0): encode what Postgres keeps, or a row
+    holding -0.0 would not verify."""
+    if isinstance(value, float):
+        return 0.0 if value == 0 else value
+    if isinstance(value, dict):
+        return {key: _without_negative_zero(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_negative_zero(item) for item in value]
+    return value
 
 
 def opening(salt: bytes, key: str) -> bytes:
