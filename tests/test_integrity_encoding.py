@@ -78,6 +78,7 @@ def test_every_audit_path_leads_to_the_root_and_no_other_leaf_does(size):
         path = merkle.audit_path(hashes, index)
         assert merkle.root_from_path(hashes[index], index, size, path) == root
         assert merkle.root_from_path(b"\x00" * 32, index, size, path) != root
+    assert merkle.audit_paths(hashes) == [merkle.audit_path(hashes, index) for index in range(size)]
     with pytest.raises(ValueError):
         merkle.root_from_path(hashes[0], size, size, [])
 

@@ -26,6 +26,7 @@ from app.audit.partitions import add_months, list_partitions, month_start
 
 ROW_COLUMNS = ", ".join((*ENCODED_COLUMNS, "seal_id", "integrity_salt"))
 _JSON_POSITIONS = [ENCODED_COLUMNS.index("event_data"), ENCODED_COLUMNS.index("metadata")]
+_SEAL_ID, _SALT = len(ENCODED_COLUMNS), len(ENCODED_COLUMNS) + 1
 # Rows fetched per round trip while streaming a partition.
 FETCH_ROWS = 5000
 
@@ -376,14 +377,15 @@ async def _check_rows(
         if checked % 10_000 == 0:
             progress(10_000)
         report.rows += 1
-        event_id = row["event_id"]
-        values = [row[i] for i in range(len(ENCODED_COLUMNS))]
+        # By position, not by name: this loop is the verifier's throughput (ROW_COLUMNS' order).
+        values = list(row)
+        event_id, seal_id, salt = values[0], values[_SEAL_ID], values[_SALT]
+        del values[_SEAL_ID:]
         for position in _JSON_POSITIONS:
             if values[position] is not None:
                 values[position] = orjson.loads(values[position])
-        salt = row["integrity_salt"]
         listed = leaves.pop(event_id, None)
-        if row["seal_id"] is None or salt is None:
+        if seal_id is None or salt is None:
             # Pending only near now: a forged row dated in the future must not stay pending forever.
             if abs(now - row["event_timestamp"]) <= bound:
                 report.pending += 1
@@ -396,12 +398,12 @@ async def _check_rows(
                     )
                 )
             continue
-        chain_index = seal_of.get(row["seal_id"])
+        chain_index = seal_of.get(seal_id)
         if listed is None:
             detail = (
                 "a row its seal does not list: inserted bypassing the service"
                 if chain_index is not None
-                else f"a row naming seal id {row['seal_id']}, which the chain lacks: inserted bypassing the service"
+                else f"a row naming seal id {seal_id}, which the chain lacks: inserted bypassing the service"
             )
             report.findings.append(Finding("row_inserted", detail, event_id=str(event_id), seal=chain_index))
             continue
