@@ -171,3 +171,14 @@ async def test_a_gzip_export_redacted_of_a_key_still_verifies_without_the_value(
     check = run_datastorage({}, "audit", "verify-export", str(exported), "--public-key",
                             str(public_key_path(signing_key)), check=False)  # fmt: skip
     assert check.returncode == 0, check.stdout
+
+
+async def test_verify_exits_3_without_the_checkpoints_in_redis_unless_a_file_gives_them(env, sealed, tmp_path):
+    saved = audit(env, "checkpoints", "--json").stdout
+    (tmp_path / "checkpoints.json").write_text(saved)
+    away = {**env, "DATASTORAGE_REDIS_URL": "redis://127.0.0.1:1/0"}
+    result = audit(away, "verify", "--json")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "checkpoints in Redis could not be read" in json.loads(result.stdout)["incomplete"]
+    with_file = audit(away, "verify", "--checkpoint", str(tmp_path / "checkpoints.json"), "--json")
+    assert with_file.returncode == 0, with_file.stdout + with_file.stderr
