@@ -121,7 +121,8 @@ def mebibytes(quantity: str) -> float:
 
 ALERTS = {"DatastorageDLQDepthHigh": "warning", "DatastorageWriteErrorRateHigh": "critical",
           "DatastoragePlaybookSearchSlow": "warning", "DatastorageConsumerLagGrowing": "warning",
-          "DatastorageOldestPendingTooOld": "warning"}
+          "DatastorageOldestPendingTooOld": "warning", "DatastorageAuditUnsealed": "critical",
+          "DatastorageAuditSealingDisabled": "warning"}
 
 
 def test_alert_rules_are_valid_and_cover_what_operators_watch():
@@ -133,11 +134,12 @@ def test_alert_rules_are_valid_and_cover_what_operators_watch():
     assert "0.95" in rules["DatastoragePlaybookSearchSlow"]["expr"] and "> 5" in rules["DatastoragePlaybookSearchSlow"]["expr"]
     assert rules["DatastorageConsumerLagGrowing"]["for"] == "10m"
     assert "> 300" in rules["DatastorageOldestPendingTooOld"]["expr"]
+    assert "datastorage_audit_unsealed_oldest_age_seconds" in rules["DatastorageAuditUnsealed"]["expr"]
     promtool = shutil.which("promtool")
     if promtool:  # ops/dev/setup.sh installs it where it can (Debian's prometheus package)
         result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
-        assert "SUCCESS: 5 rules found" in result.stdout
+        assert f"SUCCESS: {len(ALERTS)} rules found" in result.stdout
 
 
 def metric_names(expression: str) -> set[str]:
@@ -152,7 +154,7 @@ async def test_every_dashboard_and_alert_metric_is_exposed_by_a_running_service(
     alerts = yaml.safe_load((OPS / "prometheus" / "alerts.yml").read_text())
     wanted |= {name for g in alerts["groups"] for r in g["rules"] for name in metric_names(r["expr"])}
     titles = " ".join(panel["title"].lower() for panel in dashboard["panels"])
-    for topic in ("write", "end-to-end", "search", "dlq", "lag", "db connections", "errors"):
+    for topic in ("write", "end-to-end", "search", "dlq", "lag", "db connections", "errors", "tamper evidence"):
         assert topic in titles, topic
 
     from app.local.embedded import free_port
