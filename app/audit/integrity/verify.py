@@ -8,6 +8,7 @@ the ones younger than the sealing bound). Each finding names the event, seal or 
 says what is wrong.
 """
 
+import gc
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -92,13 +93,24 @@ async def verify(
 ) -> Report:
     report = Report()
     now = datetime.now(UTC)
-    headers = await _check_chain(conn, verifier, report)
-    _check_checkpoints(list(checkpoints), headers, verifier, report, now, sealing_bound)
-    dropped = _months_dropped_by_retention(headers)
-    if window.correlation_id is not None:
-        await _check_correlation(conn, window.correlation_id, headers, dropped, report, now, sealing_bound, progress)
-    else:
-        await _check_window(conn, window, headers, dropped, report, now, sealing_bound, progress)
+    # A month's leaves are hundreds of thousands of small objects that live until its rows are
+    # checked: the cyclic GC would scan them again and again (it made verification 2x slower at
+    # 200,000 rows). Nothing here makes reference cycles; collection resumes at the end.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        headers = await _check_chain(conn, verifier, report)
+        _check_checkpoints(list(checkpoints), headers, verifier, report, now, sealing_bound)
+        dropped = _months_dropped_by_retention(headers)
+        if window.correlation_id is not None:
+            await _check_correlation(
+                conn, window.correlation_id, headers, dropped, report, now, sealing_bound, progress
+            )
+        else:
+            await _check_window(conn, window, headers, dropped, report, now, sealing_bound, progress)
+    finally:
+        if collecting:
+            gc.enable()
     _pair_redated_rows(report)
     return report
 
