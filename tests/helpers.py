@@ -28,8 +28,12 @@ import redis.asyncio as aioredis
 
 from app.api.app import create_app
 from app.audit.identity import Submission
+from app.audit.integrity.checkpoints import Checkpointer
 from app.audit.record import COLUMNS, row_values
+from app.audit.store import AuditStore
 from app.audit.wire import decode_entry, encode_event
+from app.catalog.store import create_pool
+from app.core.db import connect
 from app.core.settings import PROJECT_ROOT
 from app.local.embedded import free_port
 from app.producer import AuditEvent, AuditProducer, new_audit_event
@@ -108,8 +112,8 @@ def assert_problem(response: httpx.Response, status: int, detail_part: str = "")
     return body
 
 
-def client_for(settings):
-    app = create_app(settings)
+def client_for(settings, signer=None):
+    app = create_app(settings, signer)
 
     class Client:
         async def __aenter__(self):
@@ -593,3 +597,33 @@ class KubernetesStandIn:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+# --- the sealed trail ------------------------------------------------------------------------------
+
+
+async def store_sealed(settings, signer, batch: list[AuditEvent], per_seal: int = 20) -> None:
+    """Stores `batch` as the service does with a signing key (a seal per `per_seal` events) and
+    checkpoints the chain (the table, the Redis stream and the log line)."""
+    pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+    client = aioredis.from_url(settings.redis_url)
+    try:
+        store = AuditStore(pool, signer)
+        for offset in range(0, len(batch), per_seal):
+            await store.insert([Submission(e) for e in batch[offset : offset + per_seal]])
+        await Checkpointer(pool, client, signer, settings).checkpoint_once()
+    finally:
+        await client.aclose()
+        await pool.close()
+
+
+async def tamper(database_url: str, *statements: tuple) -> None:
+    """What an attacker with SQL does: the append-only triggers off for the session, then the change."""
+    conn = await connect(database_url)
+    try:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL session_replication_role = replica")
+            for statement, *args in statements:
+                await conn.execute(statement, *args)
+    finally:
+        await conn.close()

@@ -138,7 +138,8 @@ ALERTS = {"DatastorageDLQDepthHigh": "warning", "DatastorageWriteErrorRateHigh":
           "DatastorageOldestPendingTooOld": "warning", "DatastorageReleaseErrors": "critical",
           "DatastorageStreamEntriesLost": "critical", "DatastorageStreamGroupRecreated": "warning",
           "DatastorageStreamEntryIdsAhead": "warning", "DatastorageConsumerFatalErrors": "critical",
-          "DatastorageRetentionNotRunning": "warning"}
+          "DatastorageRetentionNotRunning": "warning",
+          "DatastorageAuditUnsealed": "critical", "DatastorageAuditSealingDisabled": "warning"}
 
 
 def test_alert_rules_are_valid_and_cover_what_operators_watch():
@@ -155,6 +156,7 @@ def test_alert_rules_are_valid_and_cover_what_operators_watch():
     assert "> 300" in rules["DatastorageOldestPendingTooOld"]["expr"]
     assert "datastorage_retention_last_success_timestamp_seconds) > 48 * 3600" in rules[
         "DatastorageRetentionNotRunning"]["expr"]
+    assert "datastorage_audit_unsealed_oldest_age_seconds" in rules["DatastorageAuditUnsealed"]["expr"]
     promtool = shutil.which("promtool")
     if promtool:  # ops/dev/setup.sh installs it where it can (Debian's prometheus package)
         result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
@@ -174,7 +176,7 @@ async def test_every_dashboard_and_alert_metric_is_exposed_by_a_running_service(
     alerts = yaml.safe_load((OPS / "prometheus" / "alerts.yml").read_text())
     wanted |= {name for g in alerts["groups"] for r in g["rules"] for name in metric_names(r["expr"])}
     titles = " ".join(panel["title"].lower() for panel in dashboard["panels"])
-    for topic in ("write", "end-to-end", "search", "dlq", "lag", "db connections", "errors"):
+    for topic in ("write", "end-to-end", "search", "dlq", "lag", "db connections", "errors", "tamper evidence"):
         assert topic in titles, topic
 
     from app.local.embedded import free_port

@@ -166,8 +166,11 @@ async def verify_trail(request: Request) -> Response:
         return JSONResponse(Report(incomplete="no signing key is configured here: nothing to verify against").as_json())
     try:
         checkpoints = await published_checkpoints(found.redis)
-    except (redis.RedisError, OSError):
-        checkpoints = []
+    except (redis.RedisError, OSError) as error:
+        # Without the checkpoints outside the database a cut-off chain head cannot be seen:
+        # neither intact nor tampered.
+        problem = f"the checkpoints in Redis could not be read ({type(error).__name__})"
+        return JSONResponse(Report(incomplete=problem).as_json())
     bound = timedelta(seconds=found.settings.audit_sealing_bound_s)
     async with found.pool.acquire() as conn:
         report = await verify(conn, found.verifier, checkpoints, window, sealing_bound=bound)

@@ -139,7 +139,10 @@ def _bound(settings: Settings) -> timedelta:
 
 def _print_report(report: Report) -> None:
     for finding in report.findings:
-        places = (("event", finding.event_id), ("seal", finding.seal), ("partition", finding.partition))
+        places = (
+            ("event", finding.event_id), ("column", finding.column), ("seal", finding.seal),
+            ("partition", finding.partition),
+        )  # fmt: skip
         where = ", ".join(f"{name} {value}" for name, value in places if value)
         typer.echo(f"TAMPERED  {finding.kind}: {finding.detail}" + (f" [{where}]" if where else ""))
     typer.echo(

@@ -5,7 +5,9 @@
 (a) baseline: raw COPY of N prepared rows into `audit_events` (same schema, own database; the
     better of two runs on fresh databases);
 (b) pipeline: N prepared events XADDed by a pipelined producer while `datastorage consume`
-    processes run; time from the first XADD to the commit of the last row;
+    processes run; time from the first XADD to the commit of the last row; alternately on fresh
+    databases (--rounds of each, the best kept): unsealed (no signing key) and sealed (DATASTORAGE_AUDIT_SIGNING_KEY_FILE set: every
+    batch sealed in its transaction, docs/INTEGRITY.md); target sealed >= 0.9x unsealed;
 (c) latency: events XADDed at a steady 2,000/s; per event, the commit time of its row minus its
     event_timestamp (set just before its XADD).
 
@@ -28,6 +30,7 @@ from rich.console import Console
 from rich.progress import Progress
 from service import DATASTORAGE, service_env
 
+from app.audit.integrity.keys import generate_key_pair
 from app.audit.record import COLUMNS, row_values
 from app.audit.wire import encode_event
 from app.core.db import connect, create_database
@@ -65,10 +68,12 @@ async def copy_baseline(url: str, events: list) -> float:
         await conn.close()
 
 
-def start_consumers(database_url: str, redis_url: str, count: int, log_dir: Path) -> list[subprocess.Popen]:
+def start_consumers(database_url: str, redis_url: str, count: int, log_dir: Path,
+                    key_file: Path | None = None) -> list[subprocess.Popen]:
     processes = []
+    sealing = {"audit_signing_key_file": str(key_file)} if key_file else {}
     for n in range(count):
-        env = service_env(database_url, redis_url, consumer_name=f"bench-{n}")
+        env = service_env(database_url, redis_url, consumer_name=f"bench-{n}", **sealing)
         log = open(log_dir / f"consumer-{n}.log", "w")
         processes.append(subprocess.Popen([DATASTORAGE, "consume"], env=env, stdout=log, stderr=log))
     return processes
@@ -125,13 +130,14 @@ async def produce_pipelined(redis_url: str, commands: list[bytes], progress: Pro
 
 
 async def pipeline_run(url: str, redis_url: str, events: list, consumers: int, log_dir: Path,
-                       progress: Progress) -> dict:
+                       progress: Progress, key_file: Path | None = None) -> dict:
     commands = [resp_xadd("audit_events", encode_event(event)) for event in events]
-    processes = start_consumers(url, redis_url, consumers, log_dir)
+    processes = start_consumers(url, redis_url, consumers, log_dir, key_file)
+    label = "sealed" if key_file else "unsealed"
     try:
         await asyncio.sleep(3)  # consumers up and reading
-        produce = progress.add_task("(b) XADD", total=len(commands))
-        store = progress.add_task("(b) stored", total=len(commands))
+        produce = progress.add_task(f"(b) XADD, {label}", total=len(commands))
+        store = progress.add_task(f"(b) stored, {label}", total=len(commands))
         first_xadd = datetime.now(UTC)
         await produce_pipelined(redis_url, commands, progress, produce)
         xadd_seconds = (datetime.now(UTC) - first_xadd).total_seconds()
@@ -141,7 +147,9 @@ async def pipeline_run(url: str, redis_url: str, events: list, consumers: int, l
     conn = await connect(url)
     try:
         last_commit = await conn.fetchval("SELECT max(pg_xact_commit_timestamp(xmin)) FROM audit_events")
-        counts = await conn.fetchrow("SELECT count(*) AS n, count(DISTINCT event_id) AS d FROM audit_events")
+        counts = await conn.fetchrow(
+            "SELECT count(*) AS n, count(DISTINCT event_id) AS d, count(seal_id) AS sealed FROM audit_events"
+        )
     finally:
         await conn.close()
     seconds = (last_commit - first_xadd).total_seconds()
@@ -151,6 +159,7 @@ async def pipeline_run(url: str, redis_url: str, events: list, consumers: int, l
         "producer_events_per_s": round(len(commands) / xadd_seconds),
         "lost": len(commands) - counts["d"],
         "duplicated": counts["n"] - counts["d"],
+        "sealed_rows": counts["sealed"],
     }
 
 
@@ -209,6 +218,12 @@ async def latency_run(url: str, redis_url: str, rate: int, seconds: float, consu
     }
 
 
+async def flush(redis_url: str) -> None:
+    client = aioredis.from_url(redis_url)
+    await client.flushdb()
+    await client.aclose()
+
+
 async def main(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="ingest-bench-") as tmp:
         tmp = Path(tmp)
@@ -223,7 +238,8 @@ async def main(args) -> dict:
             postgres.start()
             redis_server.start()
             urls = {}
-            for name in ("copy", "copy2", "pipeline", "latency"):
+            pipelines = [f"{kind}{n}" for n in range(args.rounds) for kind in ("pipeline", "sealed")]
+            for name in ("copy", "copy2", *pipelines, "latency"):
                 urls[name] = await create_database(postgres.url(), f"bench_{name}")
                 await migrate_database(urls[name], PROJECT_ROOT / "schema", months_ahead=1)
 
@@ -235,11 +251,18 @@ async def main(args) -> dict:
                     copy_rates.append(await copy_baseline(urls[name], events))
                     progress.advance(copy_task)
                 copy_rate = max(copy_rates)
-                pipeline = await pipeline_run(urls["pipeline"], redis_server.url, events,
-                                              args.consumers, tmp, progress)
-                client = aioredis.from_url(redis_server.url)
-                await client.flushdb()
-                await client.aclose()
+                # Unsealed and sealed runs alternate, best of each: a shared machine's noise
+                # would otherwise decide the ratio.
+                key_file, _ = generate_key_pair(tmp / "keys")
+                runs: dict[str, list[dict]] = {"pipeline": [], "sealed": []}
+                for name in pipelines:
+                    kind = name.rstrip("0123456789")
+                    runs[kind].append(await pipeline_run(urls[name], redis_server.url, events, args.consumers, tmp,
+                                                         progress, key_file if kind == "sealed" else None))
+                    await flush(redis_server.url)
+                assert all(run["sealed_rows"] == args.events for run in runs["sealed"]), runs["sealed"]
+                pipeline = max(runs["pipeline"], key=lambda run: run["events_per_s"])
+                sealed = max(runs["sealed"], key=lambda run: run["events_per_s"])
                 latency = await latency_run(urls["latency"], redis_server.url, args.rate,
                                             args.latency_seconds, args.consumers, tmp, progress)
         finally:
@@ -251,7 +274,13 @@ async def main(args) -> dict:
         "events_per_s": pipeline["events_per_s"],
         "copy_rows_per_s": round(copy_rate),
         "ratio": round(pipeline["events_per_s"] / copy_rate, 3),
-        **{k: v for k, v in pipeline.items() if k != "events_per_s"},
+        **{k: v for k, v in pipeline.items() if k not in ("events_per_s", "sealed_rows")},
+        "sealed_events_per_s": sealed["events_per_s"],
+        "sealed_vs_unsealed": round(sealed["events_per_s"] / pipeline["events_per_s"], 3),
+        "unsealed_runs_events_per_s": [run["events_per_s"] for run in runs["pipeline"]],
+        "sealed_runs_events_per_s": [run["events_per_s"] for run in runs["sealed"]],
+        "sealed_lost": sum(run["lost"] for run in runs["sealed"]),
+        "sealed_duplicated": sum(run["duplicated"] for run in runs["sealed"]),
         **latency,
     }
 
@@ -262,4 +291,5 @@ if __name__ == "__main__":
     parser.add_argument("--consumers", type=int, default=2, help="consumer processes (one per core)")
     parser.add_argument("--rate", type=int, default=2000, help="events/s of the latency run")
     parser.add_argument("--latency-seconds", type=float, default=30)
+    parser.add_argument("--rounds", type=int, default=2, help="unsealed and sealed pipeline runs, alternating")
     print(json.dumps(asyncio.run(main(parser.parse_args()))))

@@ -15,6 +15,7 @@ does not prove that no event of the filter was left out (the seals' leaf counts 
 rows each covers).
 """
 
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from app.audit.integrity import merkle
 from app.audit.integrity.checkpoints import Checkpoint
 from app.audit.integrity.encoding import ENCODED_COLUMNS
 from app.audit.integrity.keys import Verifier
@@ -30,6 +32,8 @@ from app.audit.integrity.proofs import ProofError, build_proof, check_proof
 from app.audit.integrity.seals import HEADER_COLUMNS, SealHeader, unpack_leaves
 
 FORMAT = "datastorage-audit-export"
+# Seals (with every leaf's audit path) kept while exporting: a few hundred kB each.
+SEALS_KEPT = 64
 VERSION = 1
 
 
@@ -49,7 +53,8 @@ async def export_lines(
     """The export of `rows` (each with the event columns, seal_id and integrity_salt)."""
     yield line({"type": "header", "format": FORMAT, "version": VERSION, "created_at": _now(), "filters": filters,
                 "redacted": sorted(redact), "key_id": checkpoint.key_id if checkpoint else None})  # fmt: skip
-    seals: dict[int, tuple[SealHeader, bytes, list[bytes], dict[Any, int]]] = {}
+    # The seals of the rows lately exported (rows come in time order, so seals mostly in a run).
+    seals: OrderedDict[int, tuple[SealHeader, bytes, list[bytes], dict[Any, int], list[list[bytes]]]] = OrderedDict()
     written_seals: set[int] = set()
     events = unsealed = 0
     first_chain_index: int | None = None
@@ -60,7 +65,10 @@ async def export_lines(
             continue
         if seal_id not in seals:
             seals[seal_id] = await _load_seal(conn, seal_id)
-        header, signature, leaf_hashes, index_of = seals[seal_id]
+            if len(seals) > SEALS_KEPT:
+                seals.popitem(last=False)
+        seals.move_to_end(seal_id)
+        header, signature, leaf_hashes, index_of, paths = seals[seal_id]
         if header.chain_index not in written_seals:
             written_seals.add(header.chain_index)
             first_chain_index = min(first_chain_index or header.chain_index, header.chain_index)
@@ -70,8 +78,9 @@ async def export_lines(
         for name in ("event_data", "metadata"):
             if isinstance(values[name], str):
                 values[name] = orjson.loads(values[name])
-        proof = build_proof(values, bytes(row["integrity_salt"]), header, signature, leaf_hashes,
-                            index_of[row["event_id"]], redact=redact)  # fmt: skip
+        index = index_of[row["event_id"]]
+        proof = build_proof(values, bytes(row["integrity_salt"]), header, signature, leaf_hashes, index,
+                            redact=redact, path=paths[index])  # fmt: skip
         events += 1
         progress(1)
         yield line({"type": "event", "chain_index": header.chain_index, "proof": proof})
@@ -84,17 +93,21 @@ async def export_lines(
     yield line({"type": "end", "events": events, "seals": len(written_seals), "unsealed_rows_left_out": unsealed})
 
 
-async def _load_seal(conn: asyncpg.Connection, seal_id: int) -> tuple[SealHeader, bytes, list[bytes], dict[Any, int]]:
+async def _load_seal(
+    conn: asyncpg.Connection, seal_id: int
+) -> tuple[SealHeader, bytes, list[bytes], dict[Any, int], list[list[bytes]]]:
     record = await conn.fetchrow(
         f"SELECT {HEADER_COLUMNS}, signature, leaves FROM audit_seals WHERE seal_id = $1", seal_id
     )
     header = SealHeader.from_record(record)
     leaves = unpack_leaves(bytes(record["leaves"]))
+    hashes = [leaf.hash for leaf in leaves]
     return (
         header,
         bytes(record["signature"]),
-        [leaf.hash for leaf in leaves],
+        hashes,
         {leaf.event_id: n for n, leaf in enumerate(leaves)},
+        merkle.audit_paths(hashes),
     )
 
 
@@ -133,6 +146,7 @@ def verify_export(
     check = ExportCheck()
     seals: dict[int, SealHeader] = {}
     chain: dict[int, SealHeader] = {}
+    verified: set[bytes] = set()  # seal hashes whose signature verified: checked once, not per event
     ended = False
     for number, raw in enumerate(_nonblank(lines), 1):
         try:
@@ -140,7 +154,9 @@ def verify_export(
             kind = document["type"]
             if kind == "seal":
                 header = SealHeader.from_json(document["seal"])
-                if not verifier.verify(bytes.fromhex(document["signature"]), header.hash):
+                if verifier.verify(bytes.fromhex(document["signature"]), header.hash):
+                    verified.add(header.hash)
+                else:
                     check.problems.append(f"line {number}: seal {header.chain_index} does not verify with the key")
                 seals[header.chain_index] = chain[header.chain_index] = header
                 check.seals += 1
@@ -148,7 +164,7 @@ def verify_export(
                 header = SealHeader.from_json(document["seal"])
                 chain[header.chain_index] = header
             elif kind == "event":
-                proved = check_proof(document["proof"], verifier)
+                proved = check_proof(document["proof"], verifier, verified)
                 listed = seals.get(int(document["chain_index"]))
                 if listed is None or listed.hash != proved.hash:
                     check.problems.append(f"line {number}: the event's seal is not the one exported before it")

@@ -42,6 +42,25 @@ def audit_path(leaves: Sequence[bytes], index: int) -> list[bytes]:
     return [*audit_path(leaves[k:], index - k), root(leaves[:k])]
 
 
+def audit_paths(leaves: Sequence[bytes]) -> list[list[bytes]]:
+    """Every leaf's audit path at once, from the tree's levels built once (an export proves
+    every leaf of a seal: calling audit_path for each would hash the tree once per leaf)."""
+    paths: list[list[bytes]] = [[] for _ in leaves]
+    positions = list(range(len(leaves)))  # each leaf's node index on the current level
+    level = list(leaves)
+    while len(level) > 1:
+        for leaf, position in enumerate(positions):
+            sibling = position ^ 1
+            if sibling < len(level):  # the odd last node is carried up: no sibling on this level
+                paths[leaf].append(level[sibling])
+            positions[leaf] = position >> 1
+        paired = [_node(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            paired.append(level[-1])
+        level = paired
+    return paths
+
+
 def root_from_path(leaf: bytes, index: int, size: int, path: Sequence[bytes]) -> bytes:
     """The root an audit path leads to (RFC 9162 section 2.1.3.2)."""
     if not 0 <= index < size:

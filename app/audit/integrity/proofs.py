@@ -37,9 +37,11 @@ def build_proof(
     leaf_index: int,
     *,
     redact: Collection[str] = (),
+    path: list[bytes] | None = None,
 ) -> dict[str, Any]:
     """The proof of one stored row (Python values, as read from Postgres); `redact` names the
-    event_data keys to withhold (their commitments are given instead)."""
+    event_data keys to withhold (their commitments are given instead); `path`, the leaf's audit
+    path when the caller has it (merkle.audit_paths)."""
     event = {name: _as_json(row[name]) for name in ENCODED_COLUMNS}
     event_data = dict(row["event_data"] or {})
     withheld = {key for key in redact if key in event_data}
@@ -51,7 +53,7 @@ def build_proof(
         "commitments": {key: commitment(opening(salt, key), event_data[key]) for key in sorted(withheld)},
         "leaf_index": leaf_index,
         "leaf_count": len(leaf_hashes),
-        "audit_path": [node.hex() for node in merkle.audit_path(leaf_hashes, leaf_index)],
+        "audit_path": [node.hex() for node in (path or merkle.audit_path(leaf_hashes, leaf_index))],
         "seal": header.as_json(),
         "seal_hash": header.hash.hex(),
         "signature": signature.hex(),
@@ -74,9 +76,10 @@ def proof_leaf_hash(proof: Mapping[str, Any]) -> bytes:
     return leaf_hash(encode_row(values, b"", committed=committed))
 
 
-def check_proof(proof: Mapping[str, Any], verifier: Verifier) -> SealHeader:
+def check_proof(proof: Mapping[str, Any], verifier: Verifier, verified: set[bytes] | None = None) -> SealHeader:
     """Raises ProofError unless the event is a leaf of a seal signed with the verifier's key;
-    returns the seal's header."""
+    returns the seal's header. `verified`: hashes of seal headers whose signature was checked
+    already (an export's events share their seals' signatures), kept up to date."""
     try:
         leaf = proof_leaf_hash(proof)
         header = SealHeader.from_json(proof["seal"])
@@ -92,8 +95,13 @@ def check_proof(proof: Mapping[str, Any], verifier: Verifier) -> SealHeader:
         raise ProofError("the event is not in the seal's Merkle tree (the event or the path was changed)")
     if header.hash.hex() != proof.get("seal_hash", header.hash.hex()):
         raise ProofError("the seal header does not hash to the seal hash given")
-    if not verifier.verify(signature, header.hash):
+    seal_hash = header.hash
+    if verified is not None and seal_hash in verified:
+        return header
+    if not verifier.verify(signature, seal_hash):
         raise ProofError("the seal's signature does not verify with this public key")
+    if verified is not None:
+        verified.add(seal_hash)
     return header
 
 

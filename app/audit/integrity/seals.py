@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import orjson
@@ -28,8 +28,8 @@ EPOCH = date(1970, 1, 1)
 _LEAF = struct.Struct(">16si32s")
 
 
-@dataclass(frozen=True)
-class Leaf:
+class Leaf(NamedTuple):
+    # A named tuple, not a dataclass: verification unpacks one per stored row.
     event_id: uuid.UUID
     event_date: date
     hash: bytes
@@ -40,8 +40,13 @@ def pack_leaves(leaves: Iterable[Leaf]) -> bytes:
 
 
 def unpack_leaves(packed: bytes) -> list[Leaf]:
+    dates: dict[int, date] = {}  # a seal covers few days: each made once
     return [
-        Leaf(uuid.UUID(bytes=event_id), EPOCH + timedelta(days=days), leaf_hash)
+        Leaf(
+            uuid.UUID(bytes=event_id),
+            dates.get(days) or dates.setdefault(days, EPOCH + timedelta(days=days)),
+            leaf_hash,
+        )
         for event_id, days, leaf_hash in _LEAF.iter_unpack(packed)
     ]
 

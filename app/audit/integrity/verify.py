@@ -8,6 +8,7 @@ the ones younger than the sealing bound). Each finding names the event, seal or 
 says what is wrong.
 """
 
+import gc
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from app.audit.integrity import merkle
 from app.audit.integrity.checkpoints import Checkpoint
 from app.audit.integrity.encoding import ENCODED_COLUMNS, encode_row, leaf_hash
 from app.audit.integrity.keys import Verifier
@@ -25,6 +27,7 @@ from app.audit.partitions import add_months, list_partitions, month_start
 
 ROW_COLUMNS = ", ".join((*ENCODED_COLUMNS, "seal_id", "integrity_salt"))
 _JSON_POSITIONS = [ENCODED_COLUMNS.index("event_data"), ENCODED_COLUMNS.index("metadata")]
+_SEAL_ID, _SALT = len(ENCODED_COLUMNS), len(ENCODED_COLUMNS) + 1
 # Rows fetched per round trip while streaming a partition.
 FETCH_ROWS = 5000
 
@@ -36,6 +39,7 @@ class Finding:
     event_id: str | None = None
     seal: int | None = None  # the seal's chain index
     partition: str | None = None
+    column: str | None = None  # when the change can be told apart from the rest of the row
 
 
 @dataclass
@@ -89,15 +93,27 @@ async def verify(
 ) -> Report:
     report = Report()
     now = datetime.now(UTC)
-    headers = await _check_chain(conn, verifier, report)
-    _check_checkpoints(list(checkpoints), headers, verifier, report, now, sealing_bound)
-    dropped = _months_dropped_by_retention(headers)
-    if window.correlation_id is not None:
-        await _check_correlation(conn, window.correlation_id, headers, dropped, report, now, sealing_bound, progress)
-    else:
-        await _check_window(conn, window, headers, dropped, report, now, sealing_bound, progress)
-        if window.since is None and window.until is None:
-            await _check_held_rows(conn, headers, report)
+    # A month's leaves are hundreds of thousands of small objects that live until its rows are
+    # checked: the cyclic GC would scan them again and again (it made verification 2x slower at
+    # 200,000 rows). Nothing here makes reference cycles; collection resumes at the end.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        headers = await _check_chain(conn, verifier, report)
+        _check_checkpoints(list(checkpoints), headers, verifier, report, now, sealing_bound)
+        dropped = _months_dropped_by_retention(headers)
+        if window.correlation_id is not None:
+            await _check_correlation(
+                conn, window.correlation_id, headers, dropped, report, now, sealing_bound, progress
+            )
+        else:
+            await _check_window(conn, window, headers, dropped, report, now, sealing_bound, progress)
+            if window.since is None and window.until is None:
+                await _check_held_rows(conn, headers, report)
+    finally:
+        if collecting:
+            gc.enable()
+    _pair_redated_rows(report)
     return report
 
 
@@ -208,6 +224,18 @@ def _check_checkpoints(
                     seal=index,
                 )
             )
+        else:
+            # No checkpoint at all while seals are older than the bound: the copies outside the
+            # database were deleted (or never made), and a cut-off chain head could not be seen.
+            report.findings.append(
+                Finding(
+                    "no_checkpoint",
+                    f"seal {index} is older than the sealing bound and no checkpoint was given or published: "
+                    "the checkpoints outside the database are gone (give --checkpoint FILE)",
+                    seal=index,
+                )
+            )
+            break
 
 
 def _months_dropped_by_retention(headers: dict[int, SealHeader]) -> set[date]:
@@ -244,7 +272,7 @@ async def _check_window(
         hi = min(month_end, last_day) if last_day else month_end
         if lo > hi:
             continue
-        leaves = await _leaves_between(conn, headers, lo, hi)
+        leaves = await _leaves_between(conn, headers, lo, hi, report)
         partition = months.get(month)
         if partition is None and month not in dropped:
             if leaves:
@@ -289,7 +317,7 @@ async def _check_correlation(
     ):
         header = by_seal.get(record["seal_id"])
         if header is not None:
-            for leaf in unpack_leaves(bytes(record["leaves"])):
+            for leaf in _signed_leaves(header, bytes(record["leaves"]), report):
                 leaves[leaf.event_id] = (header.chain_index, leaf)
     rows = await conn.fetch(
         f"SELECT {ROW_COLUMNS} FROM audit_events_all WHERE correlation_id = $1 OR event_id = ANY($2::uuid[])",
@@ -306,7 +334,7 @@ async def _aiter(items: list) -> Any:
 
 
 async def _leaves_between(
-    conn: asyncpg.Connection, headers: dict[int, SealHeader], lo: date, hi: date
+    conn: asyncpg.Connection, headers: dict[int, SealHeader], lo: date, hi: date, report: Report
 ) -> dict[uuid.UUID, tuple[int, Leaf]]:
     by_seal = {h.seal_id: h for h in headers.values()}
     found: dict[uuid.UUID, tuple[int, Leaf]] = {}
@@ -316,10 +344,37 @@ async def _leaves_between(
         header = by_seal.get(record["seal_id"])
         if header is None:
             continue
-        for leaf in unpack_leaves(bytes(record["leaves"])):
+        for leaf in _signed_leaves(header, bytes(record["leaves"]), report):
             if lo <= leaf.event_date <= hi:
                 found[leaf.event_id] = (header.chain_index, leaf)
     return found
+
+
+def _signed_leaves(header: SealHeader, packed: bytes, report: Report) -> list[Leaf]:
+    """A seal's leaf list, checked against what its header signs: the leaf hashes must make its
+    Merkle root and the dates must lie within its dates (else a changed row with a rewritten leaf,
+    or a deletion passed off as retention by a re-dated leaf, would go unseen)."""
+    leaves = unpack_leaves(packed)
+    wrong = []
+    if len(leaves) != header.row_count or merkle.root([leaf.hash for leaf in leaves]) != header.merkle_root:
+        wrong.append("its leaves do not make the signed Merkle root")
+    first, last = header.first_date, header.last_date
+    outside = [leaf for leaf in leaves if first and last and not first <= leaf.event_date <= last]
+    if outside:
+        wrong.append("a leaf's event date lies outside the seal's dates")
+    if wrong and not any(f.kind == "seal_leaves" and f.seal == header.chain_index for f in report.findings):
+        detail = "; ".join(wrong) + ": the seal's leaf list was rewritten"
+        report.findings.append(Finding("seal_leaves", detail, seal=header.chain_index))
+        for leaf in outside:  # each lost from every month's check: named here
+            report.findings.append(
+                Finding(
+                    "seal_leaves",
+                    f"the seal lists this event under {leaf.event_date}, outside its dates: re-dated to hide the row?",
+                    event_id=str(leaf.event_id),
+                    seal=header.chain_index,
+                )
+            )
+    return leaves
 
 
 async def _check_rows(
@@ -339,15 +394,17 @@ async def _check_rows(
         if checked % 10_000 == 0:
             progress(10_000)
         report.rows += 1
-        event_id = row["event_id"]
-        values = [row[i] for i in range(len(ENCODED_COLUMNS))]
+        # By position, not by name: this loop is the verifier's throughput (ROW_COLUMNS' order).
+        values = list(row)
+        event_id, seal_id, salt = values[0], values[_SEAL_ID], values[_SALT]
+        del values[_SEAL_ID:]
         for position in _JSON_POSITIONS:
             if values[position] is not None:
                 values[position] = orjson.loads(values[position])
-        salt = row["integrity_salt"]
         listed = leaves.pop(event_id, None)
-        if row["seal_id"] is None or salt is None:
-            if now - row["event_timestamp"] <= bound:
+        if seal_id is None or salt is None:
+            # Pending only near now: a forged row dated in the future must not stay pending forever.
+            if abs(now - row["event_timestamp"]) <= bound:
                 report.pending += 1
             else:
                 report.findings.append(
@@ -358,16 +415,14 @@ async def _check_rows(
                     )
                 )
             continue
-        chain_index = seal_of.get(row["seal_id"])
+        chain_index = seal_of.get(seal_id)
         if listed is None:
-            report.findings.append(
-                Finding(
-                    "row_inserted",
-                    "a row its seal does not list: inserted bypassing the service",
-                    event_id=str(event_id),
-                    seal=chain_index,
-                )
+            detail = (
+                "a row its seal does not list: inserted bypassing the service"
+                if chain_index is not None
+                else f"a row naming seal id {seal_id}, which the chain lacks: inserted bypassing the service"
             )
+            report.findings.append(Finding("row_inserted", detail, event_id=str(event_id), seal=chain_index))
             continue
         listed_in, leaf = listed
         if chain_index != listed_in:
@@ -380,12 +435,17 @@ async def _check_rows(
                 )
             )
         if leaf_hash(encode_row(values, bytes(salt))) != leaf.hash:
+            # The leaf keeps event_date in clear; any other column is known only through the hash.
+            redated = row["event_date"] != leaf.event_date
             report.findings.append(
                 Finding(
                     "row_changed",
-                    "the row's content is not what was sealed: a column was changed",
+                    f"the row's event_date was changed (sealed as {leaf.event_date})"
+                    if redated
+                    else "the row's content is not what was sealed: a column (or its salt) was changed",
                     event_id=str(event_id),
                     seal=listed_in,
+                    column="event_date" if redated else None,
                 )
             )
     progress(checked % 10_000)
@@ -451,3 +511,18 @@ async def _check_held_rows(conn: asyncpg.Connection, headers: dict[int, SealHead
                     partition="audit_events_held",
                 )
             )
+
+
+def _pair_redated_rows(report: Report) -> None:
+    """A row whose event_date was changed moves to another partition: it shows as a deleted leaf
+    in its sealed month and an unlisted row in the new one. Said once, naming the column."""
+    deleted = {f.event_id: f for f in report.findings if f.kind == "row_deleted"}
+    inserted = {f.event_id: f for f in report.findings if f.kind == "row_inserted" and f.seal is not None}
+    both = deleted.keys() & inserted.keys()
+    if not both:
+        return
+    kept = [f for f in report.findings if f.event_id not in both or f.kind not in ("row_deleted", "row_inserted")]
+    for event_id in sorted(both, key=str):
+        detail = "the row's event_date was changed: it left the month its seal dates it in (moved partition)"
+        kept.append(Finding("row_changed", detail, event_id=event_id, seal=deleted[event_id].seal, column="event_date"))
+    report.findings = kept
