@@ -14,14 +14,20 @@ Only active, latest versions are ever offered, and requested labels are hard fil
 4. The candidates (at most CANDIDATES per signal, so every row of a catalog that small) are read
    in one statement, which also matches each against the query's tsquery (`search_document @@`):
    a row the tsquery does not match has no text signal (`why.text` null).
-5. Fusion, in absolute units so that a score means the same in any catalog and any candidate set:
+5. The signal signal (`app/catalog/signals.py`): the exact error strings, identifiers and signal
+   names (phrases of the playbook's name and labels, its identifiers, its quoted or code spans) the
+   query shares with the playbook, each weighed by its rarity in the catalog (1 for a term only
+   one playbook has); `signals` is their sum, `why.signal_terms` the terms. Its best rows are
+   candidates too.
+6. Fusion, in absolute units so that a score means the same in any catalog and any candidate set:
 
-       score = cosine + TEXT_WEIGHT * ln(1 + bm25 / idf_max) + LABEL_WEIGHT * (labels - 1)
+       score = cosine + TEXT_WEIGHT * ln(1 + bm25 / idf_max) + SIGNAL_WEIGHT * ln(1 + signals)
+               + LABEL_WEIGHT * (labels - 1)
 
    where idf_max is the weight of a term found in one playbook only, and `labels` is the label
    score (1 when every requested label matched exactly, less for `*` matches; the term is absent
    when no label was requested). Best first, ties by playbook_id.
-6. confidence = sigmoid(CONFIDENCE_SLOPE * score + CONFIDENCE_OFFSET): the probability that the
+7. confidence = sigmoid(CONFIDENCE_SLOPE * score + CONFIDENCE_OFFSET): the probability that the
    playbook is the right one, fitted on the tune half of the quality set (right first answers
    against queries no playbook fits); monotonic in the score, so best first is also most confident.
 
@@ -65,6 +71,9 @@ MAX_QUERY_LENGTH = 2000
 
 # Fusion (tune half; ops/bench/playbook_search.py prints each signal alone and fused).
 TEXT_WEIGHT = 1.0
+# Flat between 0.5 and 0.75 on the tune half (recall@1 0.884 -> 0.899 there); above 0.75 the
+# shared phrases of neighbouring playbooks start to outweigh the meaning.
+SIGNAL_WEIGHT = 0.5
 LABEL_WEIGHT = 0.1
 # confidence = sigmoid(slope * score + offset), fitted by logistic regression on the tune half:
 # right first answers (1) against the best answer to queries no playbook fits (0).
@@ -99,6 +108,13 @@ class Why(BaseModel):
     vector: float | None = Field(description="cosine similarity of the query's and the playbook's embeddings")
     text: float | None = Field(description="BM25 of the query's terms in the playbook's text (null: no term matched)")
     matched_terms: list[str] = Field(description="the query's terms (lexemes) found in the playbook's text")
+    signals: float | None = Field(
+        description="sum of the rarity weights of the exact error strings, identifiers and signal names the query "
+        "shares with the playbook (null: none)"
+    )
+    signal_terms: list[str] = Field(
+        description="those strings, normalised (lower case, CamelCase split, longest matches only)"
+    )
     labels: float | None = Field(
         description="label score: mean over the requested labels of 1 (exact match) or 0.5 (the playbook's `*`)"
     )
@@ -176,7 +192,15 @@ async def _rank_by_labels(
         label_score = _rounded(r["label_score"])
         confidence = label_score or 0.0
         if confidence >= min_confidence:
-            why = Why(vector=None, text=None, matched_terms=[], labels=label_score, score=confidence)
+            why = Why(
+                vector=None,
+                text=None,
+                matched_terms=[],
+                signals=None,
+                signal_terms=[],
+                labels=label_score,
+                score=confidence,
+            )
             hits.append(_hit(r, confidence, why))
     return hits
 
@@ -202,12 +226,11 @@ async def _rank_hybrid(
         await _embed_stale_rows(pool, embedder)
     index = await text_index.current(reading, generation)
     text = index.score(lexemes)
+    found = index.signals.score(query)
     limit = max(CANDIDATES, max_results)
-    passing = np.flatnonzero(index.mask(labels) & (text.bm25 > 0))
-    if len(passing) > limit:
-        passing = passing[np.argpartition(-text.bm25[passing], limit)[:limit]]
-    best_text = passing[np.argsort(-text.bm25[passing], kind="stable")]
-    text_ids = [index.playbook_ids[n] for n in best_text]
+    mask = index.mask(labels)
+    text_ids = [index.playbook_ids[n] for n in _best(text.bm25, mask, limit)]
+    text_ids += [index.playbook_ids[n] for n in _best(found.score, mask, limit)]
     async with reading.acquire() as conn:
         rows = await _candidates(conn, vector, text_ids, query, labels, limit)
 
@@ -216,11 +239,12 @@ async def _rank_hybrid(
     for r in rows:
         row = index.row_of.get(r["playbook_id"])
         bm25 = float(text.bm25[row]) if r["text_match"] and row is not None else None
-        score = _fused(r["cosine"], bm25, r["label_score"], index.idf_max)
-        scored.append((score, r["playbook_id"], r, row, bm25))
+        signal = float(found.score[row]) if row is not None and found.score[row] > 0 else None
+        score = _fused(r["cosine"], bm25, signal, r["label_score"], index.idf_max)
+        scored.append((score, r["playbook_id"], r, row, bm25, signal))
     scored.sort(key=lambda item: (-item[0], item[1]))
     hits = []
-    for score, _, r, row, bm25 in scored[:max_results]:
+    for score, _, r, row, bm25, signal in scored[:max_results]:
         confidence = round(1 / (1 + math.exp(-(slope * score + offset))), 6)
         if confidence < min_confidence:
             break  # confidence falls with the score
@@ -228,6 +252,8 @@ async def _rank_hybrid(
             vector=_rounded(r["cosine"]),
             text=_rounded(bm25),
             matched_terms=text.matched_terms(row) if bm25 is not None and row is not None else [],
+            signals=_rounded(signal),
+            signal_terms=found.matched_terms(row) if signal is not None and row is not None else [],
             labels=_rounded(r["label_score"]),
             score=round(score, 6),
         )
@@ -235,12 +261,24 @@ async def _rank_hybrid(
     return hits
 
 
-def _fused(cosine: float | None, bm25: float | None, label_score: float | None, idf_max: float) -> float:
+def _best(scores: np.ndarray, mask: np.ndarray, limit: int) -> np.ndarray:
+    """The rows passing the filters with a positive score, at most `limit`, best first."""
+    passing = np.flatnonzero(mask & (scores > 0))
+    if len(passing) > limit:
+        passing = passing[np.argpartition(-scores[passing], limit)[:limit]]
+    return passing[np.argsort(-scores[passing], kind="stable")]
+
+
+def _fused(
+    cosine: float | None, bm25: float | None, signal: float | None, label_score: float | None, idf_max: float
+) -> float:
     score = 0.0
     if cosine is not None:
         score += cosine
     if bm25 is not None:
         score += TEXT_WEIGHT * math.log1p(bm25 / idf_max)
+    if signal is not None:
+        score += SIGNAL_WEIGHT * math.log1p(signal)
     if label_score is not None:
         score += LABEL_WEIGHT * (label_score - 1)
     return score
@@ -257,7 +295,15 @@ async def rank(
         _hit(
             r,
             max(0.0, r["cosine"]),
-            Why(vector=_rounded(r["cosine"]), text=None, matched_terms=[], labels=None, score=round(r["cosine"], 6)),
+            Why(
+                vector=_rounded(r["cosine"]),
+                text=None,
+                matched_terms=[],
+                signals=None,
+                signal_terms=[],
+                labels=None,
+                score=round(r["cosine"], 6),
+            ),
         )
         for r in rows
     ]
