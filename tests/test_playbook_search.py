@@ -21,7 +21,7 @@ SEARCH = "/api/v1/playbooks/search"
 REPORTS = CATALOG.parent / "incident_reports.yaml"
 SEARCHABLE = {"oom-recovery": "v1.10.0", "disk-pressure": "v2.0.0", "cert-expiry": "v1.0.0",
               "crashloop-config": "v1.0.0", "unicode-runbook": "v1.0.0"}
-WHY_KEYS = {"vector", "text", "matched_terms", "labels", "score"}
+WHY_KEYS = {"vector", "text", "matched_terms", "signals", "signal_terms", "labels", "score"}
 
 
 def recall(ranks):
@@ -172,6 +172,23 @@ async def test_the_response_says_mode_degraded_and_why(api, catalog):
         assert response.status_code == 200 and (body["mode"], body["degraded"]) == ("hybrid", False)
         assert body["playbooks"][0]["playbook_id"] == "oom-recovery"
         assert all(set(p["why"]) >= WHY_KEYS for p in body["playbooks"])
+
+
+async def test_why_carries_the_exact_strings_the_report_shares_with_the_playbook(api, catalog):
+    report = ("kubectl get pods -n shop\ncart-6d9f8-2xk9q   0/1   CrashLoopBackOff   7   12m\n"
+              "the pod dies right after start since we changed its ConfigMap")
+    body = (await api.post(SEARCH, json={"query": report, "min_confidence": 0, "max_results": 10})).json()
+    top = body["playbooks"][0]
+    assert top["playbook_id"] == "crashloop-config", body
+    # CamelCase identifiers meet whole (and as the phrase of their parts) in the playbook's name.
+    assert set(top["why"]["signal_terms"]) >= {"crash loop back off", "config map"}
+    assert top["why"]["signals"] > 1
+    # A playbook sharing none of them has no signal, not zero; the signal counts in the fused score.
+    others = body["playbooks"][1:]
+    assert others and all(p["why"]["signals"] is None and p["why"]["signal_terms"] == [] for p in others)
+    assert top["why"]["score"] > max(p["why"]["score"] for p in others)
+    short = (await api.post(SEARCH, json={"query": "CrashLoopBackOff", "min_confidence": 0})).json()
+    assert short["playbooks"][0]["why"]["signal_terms"] == ["crash loop back off"]
 
 
 async def test_mode_labels_needs_no_query_and_defaults_min_confidence_to_zero(api, catalog):

@@ -13,9 +13,11 @@ works for catalogs and reports never seen:
 * text is cut into segments (lines, sentences, clauses, code spans), each into words: letters and
   digits, CamelCase split into its parts (`CrashLoopBackOff` -> crash loop back off), lower case,
   a plural `s` dropped;
-* a playbook's terms are its phrases (PHRASE_MIN..PHRASE_MAX consecutive words of one segment,
-  neither first nor last a stop word) and its identifiers (one token written as code: CamelCase,
-  letters with digits, dotted, slashed or underscored names, upper-case acronyms), whole;
+* a playbook's terms are the phrases of its name and label values and of the quoted or code spans
+  of its description and content (PHRASE_MIN..PHRASE_MAX consecutive words of one segment,
+  neither first nor last a stop word), and its identifiers anywhere (one token led by a letter and
+  written as code: CamelCase, letters with digits, dotted, slashed or underscored names, upper-case
+  acronyms), whole;
 * each term weighs its idf in the catalog over the idf of a term only one playbook has (so in
   (0, 1]), times FIELD_WEIGHTS of the most telling field that carries it;
 * a report's signal score for a playbook is the sum of the weights of the terms it shares with it,
@@ -60,7 +62,7 @@ LEADING_ALLOWED = frozenset({"no", "not", "too"})
 
 _SEGMENTS = re.compile(r"[\n`\"'()\[\]{}<>|;,!?]+|[.:=](?:\s|$)+|\s-+\s")
 _TOKEN = re.compile(r"[A-Za-z0-9]+(?:[._/-][A-Za-z0-9]+)*")
-_CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
+_CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z0-9]+|[A-Z0-9]+")
 _IDENTIFIER = re.compile(r"[a-z][A-Z]|[A-Z]{2,}[a-z]|[A-Za-z][0-9]|[0-9][A-Za-z]|[._/]|^[A-Z]{3,}$")
 
 
@@ -79,7 +81,7 @@ def analyse(text: str) -> tuple[list[list[str]], set[str]]:
         words: list[str] = []
         for token in _TOKEN.findall(segment):
             parts = [_word(part) for piece in re.split(r"[._/-]+", token) for part in _CAMEL.findall(piece)]
-            if _IDENTIFIER.search(token):
+            if token[0].isalpha() and _IDENTIFIER.search(token):
                 # Whole, as the phrase of its parts: `OOMKilled` and `OOM killed` are one term.
                 identifiers.add(" ".join(parts))
             words.extend(parts)
