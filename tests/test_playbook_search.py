@@ -119,8 +119,8 @@ async def test_label_filters_are_hard_in_every_mode_and_star_matches_any_value(w
 async def test_labels_mode_ranks_exact_matches_before_wildcards_without_a_query(wildcard, pool):
     hits = await search(pool, None, "", labels={"environment": "staging"}, mode="labels", max_results=100)
     assert [(h.playbook_id, h.confidence) for h in hits] == [("crashloop-config", 1.0), ("generic-restart", 0.5)]
-    assert hits[1].why.model_dump() == {"vector": None, "text": None, "matched_terms": [], "labels": 0.5,
-                                        "score": 0.5}
+    assert hits[1].why.model_dump() == {"vector": None, "text": None, "matched_terms": [], "signals": None,
+                                        "signal_terms": [], "labels": 0.5, "score": 0.5}
     two = await search(pool, None, "", labels={"environment": "production", "severity": "medium"},
                        mode="labels", max_results=100)
     assert [(h.playbook_id, h.confidence) for h in two] == [("unicode-runbook", 1.0), ("generic-restart", 0.75)]
