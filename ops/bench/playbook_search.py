@@ -183,7 +183,8 @@ async def quality(pool, embedder: Embedder, catalog_path: Path, reports_path: Pa
         for hit in hits + degraded:
             violations["label_filter"] += any(hit.labels.get(k) not in (v, "*") for k, v in labels.items())
             violations["not_searchable"] += (hit.playbook_id, hit.version) not in searchable
-        orders = {"vector": by_signal(hits, "vector"), "text": by_signal(hits, "text"), "rrf": rrf(hits),
+        orders = {"vector": by_signal(hits, "vector"), "text": by_signal(hits, "text"),
+                  "signals": by_signal(hits, "signals"), "rrf": rrf(hits),
                   "fused": [h.playbook_id for h in hits], "degraded": [h.playbook_id for h in degraded]}
         for signal in signals:
             ranks[signal].append(rank_of(orders[signal], report["expected"]) if report["expected"] else None)
