@@ -17,8 +17,8 @@ Only active, latest versions are ever offered, and requested labels are hard fil
 5. The signal signal (`app/catalog/signals.py`): the exact error strings, identifiers and signal
    names (phrases of the playbook's name and labels, its identifiers, its quoted or code spans) the
    query shares with the playbook, each weighed by its rarity in the catalog (1 for a term only
-   one playbook has); `signals` is their sum, `why.signal_terms` the terms. Its best rows are
-   candidates too.
+   one playbook has); `signals` is their sum, `why.signal_terms` the terms. Its best
+   SIGNAL_CANDIDATES rows are candidates too.
 6. Fusion, in absolute units so that a score means the same in any catalog and any candidate set:
 
        score = cosine + TEXT_WEIGHT * ln(1 + bm25 / idf_max) + SIGNAL_WEIGHT * ln(1 + signals)
@@ -86,6 +86,9 @@ DEFAULT_MIN_CONFIDENCE_BY_MODE = {"hybrid": DEFAULT_MIN_CONFIDENCE, "labels": 0.
 
 # Candidates per signal: the fusion sees every row of a catalog this small.
 CANDIDATES = 50
+# The signals signal's own candidates: its words count in BM25 too, so its best rows are nearly
+# always among the text's already; a few more bound what each search reads.
+SIGNAL_CANDIDATES = 10
 # Rows embedded on the fly by one search at most; more is the worker's job (and logged).
 ON_THE_FLY_LIMIT = 32
 SEARCHABLE = f"{SEARCHABLE_VERSION} AND embedding IS NOT NULL"
@@ -230,7 +233,7 @@ async def _rank_hybrid(
     limit = max(CANDIDATES, max_results)
     mask = index.mask(labels)
     text_ids = [index.playbook_ids[n] for n in _best(text.bm25, mask, limit)]
-    text_ids += [index.playbook_ids[n] for n in _best(found.score, mask, limit)]
+    text_ids += [index.playbook_ids[n] for n in _best(found.score, mask, SIGNAL_CANDIDATES)]
     async with reading.acquire() as conn:
         rows = await _candidates(conn, vector, text_ids, query, labels, limit)
 
