@@ -105,5 +105,5 @@ def test_the_exact_resource_a_report_names_is_the_evidence_not_the_words_around_
 def test_a_report_sharing_nothing_scores_zero():
     index = index_of({"name": "OOMKilled recovery", "labels": {"signal_type": "OOMKilled"}}, {"name": "other"})
     found = index.score("the office coffee machine is out of order again")
-    assert found.score.tolist() == [0.0, 0.0] and found.matched == {}
+    assert found.score.tolist() == [0.0, 0.0] and found.counted == []
     assert index_of().score("OOMKilled").score.tolist() == []

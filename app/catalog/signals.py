@@ -135,13 +135,15 @@ def playbook_fields(name: str, description: str, labels: Mapping[str, str], cont
 
 @dataclass(frozen=True)
 class SignalScores:
-    """The signal score of every indexed row for one query, and the terms each row matched."""
+    """The signal score of every indexed row for one query; the terms that made a row's score are
+    read for the rows shown only (`matched_terms`)."""
 
     score: np.ndarray
-    matched: dict[int, list[str]]
+    # The query's counted terms, longest first, each with the rows it counts for.
+    counted: list[tuple[str, np.ndarray]]
 
     def matched_terms(self, row: int) -> list[str]:
-        return self.matched.get(row, [])
+        return [term for term, rows in self.counted if row in rows]
 
 
 class SignalIndex:
@@ -181,16 +183,17 @@ class SignalIndex:
         # Longest first: a term inside a longer one the same row matched adds nothing to that row.
         found.sort(key=lambda term: (-len(term), term))
         score = np.zeros(self.rows)
-        matched: dict[int, list[str]] = {}
+        counted: list[tuple[str, np.ndarray]] = []
         for term in found:
             at, weight = self.postings[term]
-            for n, w in zip(at.tolist(), weight.tolist(), strict=True):
-                row_terms = matched.setdefault(n, [])
-                if any(_inside(term, longer) for longer in row_terms):
-                    continue
-                row_terms.append(term)
-                score[n] += w
-        return SignalScores(score, matched)
+            covering = [rows for longer, rows in counted if _inside(term, longer)]
+            if covering:
+                keep = ~np.isin(at, np.concatenate(covering))
+                at, weight = at[keep], weight[keep]
+            if len(at):
+                score[at] += weight  # a row appears once in a posting
+                counted.append((term, at))
+        return SignalScores(score, counted)
 
 
 def _inside(term: str, longer: str) -> bool:
