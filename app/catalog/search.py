@@ -5,7 +5,8 @@ Only active, latest versions are ever offered, and requested labels are hard fil
 
 `mode=hybrid` (the default), for one query:
 1. Postgres analyses the query (`playbook_search_expand`, text search configuration
-   `playbook_search`) while the model encodes it, in parallel: one neural encode per query.
+   `playbook_search`) and the process scores the text and signals signals (2, 5) while the model
+   encodes it, in parallel: one neural encode per query.
 2. The text signal: BM25 of the query's lexemes over the catalog's `search_document`s, weights
    held in memory (`app/catalog/text_index.py`); its best rows passing the filters are candidates.
 3. The vector signal: cosine similarity to the playbook's embedding, ranked by pgvector (exactly
@@ -219,17 +220,18 @@ async def _rank_hybrid(
     read_pool: asyncpg.Pool | None = None,
 ) -> list[SearchHit]:
     reading = read_pool or pool
-    # Postgres analyses the text while the model encodes: the encode is the longer of the two.
-    terms_task = asyncio.ensure_future(_query_terms(reading, query))
+    # While the model encodes in its thread (ONNX Runtime lets go of the GIL), Postgres analyses
+    # the text and this process scores it: the encode is the longest of the three.
+    encoding = asyncio.ensure_future(embedder.encode([query])) if embedder is not None else None
     try:
-        vector = (await embedder.encode([query]))[0] if embedder is not None else None
+        generation, lexemes, stale = await _query_terms(reading, query)
+        index = await text_index.current(reading, generation)
+        text = index.score(lexemes)
+        found = index.signals.score(query)
     finally:
-        generation, lexemes, stale = await terms_task
+        vector = (await encoding)[0] if encoding is not None else None
     if stale and embedder is not None and read_pool is None:
         await _embed_stale_rows(pool, embedder)
-    index = await text_index.current(reading, generation)
-    text = index.score(lexemes)
-    found = index.signals.score(query)
     limit = max(CANDIDATES, max_results)
     mask = index.mask(labels)
     text_ids = [index.playbook_ids[n] for n in _best(text.bm25, mask, limit)]
