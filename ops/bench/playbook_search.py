@@ -286,6 +286,13 @@ async def latency(base_url: str, pool, embedder: Embedder, requests: int, concur
     task = progress.add_task("latency", total=requests * 3)
     http_ms, torch_ms, sql_ms = [], [], []
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        # /readyz is 200 while the model loads (search answers degraded meanwhile): timing starts
+        # once the model is loaded, not while its load holds the cores.
+        deadline = time.monotonic() + 180
+        while (await client.get("/readyz")).json()["checks"]["embedding_model"] != "ok":
+            if time.monotonic() > deadline:
+                raise RuntimeError("the API's embedding model did not load")
+            await asyncio.sleep(0.2)
         for q in queries[:10]:  # warm-up
             await client.get("/api/v1/playbooks/search", params={"query": q})
         for n in range(requests):
