@@ -49,7 +49,7 @@ def test_the_dockerfile_installs_cpu_torch_the_model_and_the_service():
     assert steps.index("torch==2.13.0") < steps.index("pip install --no-cache-dir -e .")
     for folder in ("app", "consumers", "schema"):
         assert f"COPY {folder} {folder}" in steps
-    assert "Embedder('onnx'" in steps and "HF_HUB_OFFLINE=1" in steps
+    assert "ensure_onnx_export(" in steps and "HF_HUB_OFFLINE=1" in steps
     # The build's Python names modules that exist (the model export itself is tested elsewhere).
     [code] = re.findall(r'RUN python -c "(.*)"', steps)
     exec("\n".join(part.strip() for part in code.split(";") if part.strip().startswith("from ")), {})

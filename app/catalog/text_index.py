@@ -12,7 +12,8 @@ rows (ops/bench/playbook_search.py), so the weights are precomputed here, per (p
 
 and a query's BM25 is the sum of the weights of its distinct lexemes (about 0.1 ms at 10,000
 rows). The index is reloaded whenever `playbook_search_generation` moved, which the catalog's
-trigger does in the same transaction as any change to what is searched.
+trigger does in the same transaction as any change to what is searched. The same reload builds
+the signal index of the same rows (`app/catalog/signals.py`).
 """
 
 import asyncio
@@ -24,6 +25,7 @@ import numpy as np
 import orjson
 import structlog
 
+from app.catalog import signals
 from app.catalog.labels import filter_mask
 from app.catalog.playbook import SEARCHABLE_VERSION
 
@@ -39,9 +41,12 @@ _LOAD = f"""
 SELECT (SELECT generation FROM playbook_search_generation) AS generation,
        coalesce(array_agg(playbook_id ORDER BY playbook_id), '{{}}') AS playbook_ids,
        coalesce(array_agg(labels::text ORDER BY playbook_id), '{{}}') AS labels,
-       coalesce(array_agg(terms ORDER BY playbook_id), '{{}}') AS terms
+       coalesce(array_agg(terms ORDER BY playbook_id), '{{}}') AS terms,
+       coalesce(array_agg(name ORDER BY playbook_id), '{{}}') AS names,
+       coalesce(array_agg(description ORDER BY playbook_id), '{{}}') AS descriptions,
+       coalesce(array_agg(content ORDER BY playbook_id), '{{}}') AS contents
 FROM (
-    SELECT playbook_id, labels,
+    SELECT playbook_id, labels, name, description, content,
            (SELECT coalesce(string_agg(
                 u.lexeme || ' ' || (SELECT coalesce(sum(CASE w WHEN 'A' THEN $1::float8 WHEN 'B' THEN $2::float8
                                                               WHEN 'C' THEN $3::float8 ELSE $4::float8 END), $4::float8)
@@ -68,7 +73,16 @@ class TextScores:
 class TextIndex:
     """BM25 weights of one catalog state: row n is `playbook_ids[n]`, the latest active version."""
 
-    def __init__(self, generation: int, playbook_ids: list[str], labels: list[dict], terms: list[dict[str, float]]):
+    def __init__(
+        self,
+        generation: int,
+        playbook_ids: list[str],
+        labels: list[dict],
+        terms: list[dict[str, float]],
+        texts: list[tuple[str, str, str]] | None = None,
+    ):
+        """`texts`: each row's (name, description, content), for the signal index (none: no
+        signal terms)."""
         self.generation = generation
         self.playbook_ids = playbook_ids
         self.row_of = {playbook_id: n for n, playbook_id in enumerate(playbook_ids)}
@@ -96,6 +110,10 @@ class TextIndex:
         # The weight of a term found in one playbook only: the unit in which text evidence is
         # measured (confidence), so that it does not grow with the catalog's size.
         self.idf_max = math.log(1 + (rows - 0.5) / 1.5) if rows else 1.0
+        self.signals = signals.SignalIndex(
+            signals.playbook_fields(name, description, row_labels, content)
+            for (name, description, content), row_labels in zip(texts or [("", "", "")] * rows, labels, strict=True)
+        )
 
     @classmethod
     async def load(cls, conn: asyncpg.Connection) -> "TextIndex":
@@ -107,7 +125,11 @@ class TextIndex:
                 lexeme, _, tf = line.rpartition(" ")
                 row_terms[lexeme] = float(tf)
             terms.append(row_terms)
-        return cls(row["generation"], list(row["playbook_ids"]), [orjson.loads(t) for t in row["labels"]], terms)
+        texts = list(zip(row["names"], row["descriptions"], row["contents"], strict=True))
+        labels = [orjson.loads(t) for t in row["labels"]]
+        # Reading the signal terms of every text is pure Python (about 1 s per 1,000 long playbooks,
+        # ops/bench/playbook_search.py): off the event loop, which keeps answering meanwhile.
+        return await asyncio.to_thread(cls, row["generation"], list(row["playbook_ids"]), labels, terms, texts)
 
     def score(self, lexemes: list[str]) -> TextScores:
         bm25 = np.zeros(len(self.playbook_ids))

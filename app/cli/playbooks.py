@@ -124,6 +124,8 @@ def _why_text(why) -> str:
         parts.append(f"vector {why.vector:.3f}")
     if why.text is not None:
         parts.append(f"text {why.text:.2f} ({', '.join(why.matched_terms)})")
+    if why.signals is not None:
+        parts.append(f"signals {why.signals:.2f} ({'; '.join(why.signal_terms)})")
     if why.labels is not None:
         parts.append(f"labels {why.labels:.2f}")
     return "; ".join(parts)

@@ -15,6 +15,8 @@ from app.streams.keys import StreamKeys
 
 # The checkout's root: `schema/` lives here, and the embedded servers keep their data below it.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# XDG's cache folder (~/.cache unless XDG_CACHE_HOME says otherwise).
+USER_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
 # Where Kubernetes mounts a pod's service-account token, CA and namespace.
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
@@ -180,7 +182,9 @@ class Settings(BaseSettings):
     # The playbook embedding model's runtime: onnx (exported once into model_cache_dir; same
     # vectors, twice as fast) or torch (sentence-transformers as published).
     embedding_backend: Literal["onnx", "torch"] = "onnx"
-    model_cache_dir: Path = PROJECT_ROOT / ".datastorage" / "models"
+    # The user's cache by default: one export per machine, shared by every checkout, and not in
+    # data_dir (which a fresh `datastorage run` may start from scratch).
+    model_cache_dir: Path = USER_CACHE_DIR / "datastorage" / "models"
     embedding_sweep_interval_s: float = Field(default=30.0, gt=0)
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -6,12 +6,13 @@
 
 (a) quality: the incident reports of ops/bench/data/incident_reports.yaml (alerts, log lines,
     kubectl output, chat; tune and holdout halves) through the service's search, every candidate
-    with its `why`: recall@1, recall@3 and MRR of each signal alone (vector, text), of reciprocal
+    with its `why`: recall@1, recall@3 and MRR of each signal alone (vector, text, signals), of reciprocal
     rank fusion of the two (k=5), of the service's fused ranking, and of the service without the
     model (degraded), per half and per style; the confidences of right first answers against those
     of queries no playbook fits (what the default min_confidence is chosen from); label filters
     honoured and no disabled, deprecated or older version returned; the 44 short queries below
-    too; the cosine between the ONNX and the torch embeddings of every catalog text.
+    too; the cosine between the ONNX and the torch embeddings of every catalog text; the seconds a
+    cold process takes to load the ONNX model (and whether it had to export it first).
 (b) latency: the catalog grown to N rows (variants of the real playbooks: their embeddings plus a
     little noise, other labels); p50/p99 of the full HTTP search against `datastorage serve`, and
     in the same run the p50 of a bare torch `SentenceTransformer.encode` of the same queries and
@@ -23,6 +24,8 @@ import argparse
 import asyncio
 import json
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -169,7 +172,7 @@ async def quality(pool, embedder: Embedder, catalog_path: Path, reports_path: Pa
     unrelated = [{"id": f"u{n:02d}", "query": q, "split": ("tune", "holdout")[n % 2], "style": "unrelated",
                   "expected": None} for n, q in enumerate(UNRELATED)]
     index = TextIndexCache()
-    signals = ("vector", "text", "rrf", "fused", "degraded")
+    signals = ("vector", "text", "signals", "rrf", "fused", "degraded")
     ranks: dict[str, list] = {signal: [] for signal in signals}
     top_confidence: dict[str, list] = {"fused": [], "degraded": []}
     violations = {"label_filter": 0, "not_searchable": 0}
@@ -180,7 +183,8 @@ async def quality(pool, embedder: Embedder, catalog_path: Path, reports_path: Pa
         for hit in hits + degraded:
             violations["label_filter"] += any(hit.labels.get(k) not in (v, "*") for k, v in labels.items())
             violations["not_searchable"] += (hit.playbook_id, hit.version) not in searchable
-        orders = {"vector": by_signal(hits, "vector"), "text": by_signal(hits, "text"), "rrf": rrf(hits),
+        orders = {"vector": by_signal(hits, "vector"), "text": by_signal(hits, "text"),
+                  "signals": by_signal(hits, "signals"), "rrf": rrf(hits),
                   "fused": [h.playbook_id for h in hits], "degraded": [h.playbook_id for h in degraded]}
         for signal in signals:
             ranks[signal].append(rank_of(orders[signal], report["expected"]) if report["expected"] else None)
@@ -224,6 +228,7 @@ async def quality(pool, embedder: Embedder, catalog_path: Path, reports_path: Pa
         "tune": table["fused/tune"],
         "holdout_by_style": {style: table[f"fused/holdout/{style}"] for style in STYLES},
         "holdout_by_signal": {signal: table[f"{signal}/holdout"] for signal in signals},
+        "tune_by_signal": {signal: table[f"{signal}/tune"] for signal in signals},
         "confidence": confidence,
         "label_filter_violations": violations["label_filter"],
         "non_searchable_returned": violations["not_searchable"],
@@ -241,7 +246,7 @@ def print_tables(console: Console, table: dict, confidence: dict) -> None:
     out.add_column("half")
     for style in ("all", *STYLES):
         out.add_column(style)
-    for signal in ("vector", "text", "rrf", "fused", "degraded"):
+    for signal in ("vector", "text", "signals", "rrf", "fused", "degraded"):
         for half in ("tune", "holdout"):
             cells = []
             for style in ("all", *STYLES):
@@ -281,6 +286,13 @@ async def latency(base_url: str, pool, embedder: Embedder, requests: int, concur
     task = progress.add_task("latency", total=requests * 3)
     http_ms, torch_ms, sql_ms = [], [], []
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        # /readyz is 200 while the model loads (search answers degraded meanwhile): timing starts
+        # once the model is loaded, not while its load holds the cores.
+        deadline = time.monotonic() + 180
+        while (await client.get("/readyz")).json()["checks"]["embedding_model"] != "ok":
+            if time.monotonic() > deadline:
+                raise RuntimeError("the API's embedding model did not load")
+            await asyncio.sleep(0.2)
         for q in queries[:10]:  # warm-up
             await client.get("/api/v1/playbooks/search", params={"query": q})
         for n in range(requests):
@@ -326,17 +338,31 @@ async def latency(base_url: str, pool, embedder: Embedder, requests: int, concur
     }
 
 
+def cold_model_load() -> dict:
+    """A process's start of the ONNX model as the service does it (cold imports, the default cache
+    folder): seconds, and whether it had to export the model first."""
+    code = ("import time; t = time.perf_counter(); from app.catalog.embedding import Embedder; "
+            "from app.core.settings import Settings; Embedder('onnx', Settings().model_cache_dir); "
+            "print('SECONDS', time.perf_counter() - t)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    seconds = float(done.stdout.split("SECONDS")[-1])
+    output = done.stdout + done.stderr
+    return {"onnx_load_s": round(seconds, 2), "exported": "embedding_model_exported" in output}
+
+
 async def main(args) -> dict:
     console = Console(stderr=True, width=120)
     with private_servers("search-bench-") as (tmp, postgres, redis_server):
         api = None
         try:
+            model_start = cold_model_load()
             url = await fresh_database(postgres, "bench_search", months_ahead=0)
             await import_catalog_file(url, args.catalog)
             pool = await create_pool(url, min_size=1, max_size=2)
             embedder = load_embedder("onnx")
             with Progress(console=console) as progress:
                 found = await quality(pool, embedder, args.catalog, args.reports, console)
+                found["model_start"] = model_start
                 if args.quality_only:
                     await pool.close()
                     return found

@@ -37,3 +37,7 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+
+# The embedding model's ONNX export, once per machine (into the user's cache, shared by every
+# checkout; made from the installed package, nothing downloaded): no later process start pays for it.
+.venv/bin/python -c "from app.catalog.embedding import ensure_onnx_export; from app.core.settings import Settings; print(ensure_onnx_export(Settings().model_cache_dir))"
