@@ -159,7 +159,29 @@ async def test_an_event_page_shows_every_field_its_parent_and_children(api, stor
     assert f"/ui/events/{child.event_id}" in page.links()
     child_page = assert_html(await api.get(f"/ui/events/{child.event_id}"))
     assert f"/ui/events/{parent.event_id}" in child_page.links()
-    assert "unknown" in "".join(child_page.text)  # integrity: nothing seals events yet
+    assert "unknown" in "".join(child_page.text)  # integrity: no signing key, nothing to check against
+
+
+async def test_each_event_shows_its_integrity_status_from_the_seals(settings, signer, database_url, db):
+    """Sealed rows say `sealed`; a row changed behind the service's back says `tampered` on the
+    timeline and on its own page; without a signing key the status is `unknown` (above)."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    steps = [event(n, correlation_id="rem-sealed", event_timestamp=datetime.now(UTC) - timedelta(minutes=5 - n))
+             for n in range(3)]
+    try:
+        await AuditStore(pool, signer).insert(submitted(steps))
+    finally:
+        await pool.close()
+    async with db.transaction():
+        await db.execute("SET LOCAL session_replication_role = replica")  # past the append-only trigger
+        await db.execute("UPDATE audit_events SET event_outcome = 'failure' WHERE event_id = $1", steps[1].event_id)
+    async with client_for(settings, signer) as api:
+        timeline = assert_html(await api.get("/ui/correlations/rem-sealed"))
+        statuses = [attrs["class"].split()[-1] for attrs in timeline.all("span")
+                    if "integrity" in (attrs.get("class") or "").split()]
+        assert statuses == ["integrity-sealed", "integrity-tampered", "integrity-sealed"]
+        page = assert_html(await api.get(f"/ui/events/{steps[1].event_id}"))
+        assert "tampered" in "".join(page.text)
 
 
 async def test_an_unknown_or_malformed_event_id_is_a_404_or_400_page(api):

@@ -35,7 +35,7 @@ async def correlation_page(viewer: Viewer, request: Request) -> Response:
     )
     async with resources(request).engine.connect() as conn:
         rows, next_cursor = await find_events(conn, query)
-        statuses = await integrity_statuses(conn, rows)
+        statuses = await integrity_statuses(resources(request), rows)
     if not rows and after is None:
         raise PageError(404, f"No events with correlation_id {correlation_id!r}.")
     return viewer.render(

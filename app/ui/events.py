@@ -90,7 +90,7 @@ async def event_page(viewer: Viewer, request: Request) -> Response:
         children, more = await find_events(
             conn, AuditQuery({"parent_event_id": event_id}, order="asc", limit=CHILDREN_SHOWN)
         )
-        statuses = await integrity_statuses(conn, [row])
+        statuses = await integrity_statuses(resources(request), [row])
     return viewer.render(
         request,
         "event.html",
