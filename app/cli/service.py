@@ -1,6 +1,7 @@
 """The long-running parts and the schema: `run`, `consume`, `serve`, `migrate`."""
 
 import asyncio
+from typing import Annotated
 
 import typer
 
@@ -20,11 +21,21 @@ def _service_settings() -> Settings:
     return settings
 
 
-def run() -> None:
+def run(
+    sample_catalog: Annotated[
+        bool, typer.Option(help="On embedded defaults, import the sample playbook catalog into an empty catalog.")
+    ] = True,
+) -> None:
     """Run the whole service; starts embedded Postgres and Redis where no URL is set. Ctrl-C stops it."""
+    from app.local.embedded import ServerError
     from app.local.run import run as run_service
 
-    raise typer.Exit(run_service(load_settings()))
+    try:
+        code = run_service(load_settings(find_run=False), sample_catalog=sample_catalog)
+    except ServerError as error:
+        typer.echo(f"run: {error}", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
 
 
 def consume() -> None:
