@@ -20,6 +20,8 @@ from app.audit.event import AuditEvent, ValidationLimits, describe_validation_er
 from app.audit.identity import DERIVABLE, Submission
 from app.audit.query import (
     DEFAULT_PAGE_SIZE,
+    EVENT_DATA_PREFIX,
+    MAX_EVENT_DATA_FILTERS,
     MAX_PAGE_SIZE,
     TIME_BOUND_PATTERN,
     AuditFilters,
@@ -77,14 +79,39 @@ class AuditEventsBody(
     """One event, or an array of them (documentation: the handler validates item by item)."""
 
 
+def event_data_filters(values: dict[str, str]) -> dict[str, str]:
+    """Takes the `event_data.<key>=<value>` parameters out of `values`: {key: value}."""
+    found = {name: values.pop(name) for name in list(values) if name.startswith(EVENT_DATA_PREFIX)}
+    if len(found) > MAX_EVENT_DATA_FILTERS:
+        raise Problem(400, f"event_data: at most {MAX_EVENT_DATA_FILTERS} filters", parameter="event_data")
+    filters = {}
+    for name, value in found.items():
+        key = name.removeprefix(EVENT_DATA_PREFIX)
+        if not key or len(key) > 255:
+            raise Problem(400, f"{name}: the key must be 1 to 255 characters", parameter=name)
+        if len(value) > 1024:
+            raise Problem(400, f"{name}: at most 1024 characters", parameter=name)
+        filters[key] = value
+    return filters
+
+
 def list_query(request: Request, max_future_skew: timedelta) -> AuditQuery:
-    params = parse_query(AuditEventListQuery, query_values(request))
+    values = query_values(request)
+    data_filters = event_data_filters(values)
+    params = parse_query(AuditEventListQuery, values)
     if params.since and params.until and params.since >= params.until:
         raise Problem(400, "since: must be earlier than until", parameter="since")
     latest = (datetime.now(UTC) + max_future_skew).date()
     filters = params.model_dump(include=set(AuditFilters.model_fields), exclude_none=True)
     return AuditQuery(
-        filters, params.since, params.until, params.order, params.limit, params.cursor, latest_event_date=latest
+        filters,
+        params.since,
+        params.until,
+        params.order,
+        params.limit,
+        params.cursor,
+        event_data=data_filters,
+        latest_event_date=latest,
     )
 
 
@@ -203,7 +230,15 @@ operations = [
         "listAuditEvents",
         "Query the audit trail",
         {200: Reply("a page of events", AuditEventPage)},
+        description=(
+            "Besides the parameters below, `event_data.<key>=<value>` filters on a top-level key of "
+            "event_data (containment, served by the jsonb_path_ops GIN index): the value matches a JSON "
+            "string equal to it, or a number or boolean when it reads as one (`event_data.attempt=3` "
+            'matches 3 and "3"; `event_data.dry_run=true` matches true and "true"). Several may be '
+            f"given (at most {MAX_EVENT_DATA_FILTERS}); all must match."
+        ),
         query=AuditEventListQuery,
+        query_patterns={"event_data.<key>": "a top-level key of event_data equal to this value (see the description)"},
         scope=AUDIT_READ,
     ),
     Operation(
