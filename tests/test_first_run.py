@@ -3,21 +3,26 @@ sample catalog is there to search, and no secret reaches a log."""
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import redis
 
 from app.core.db import connect
 from app.core.logs import mask_url
+from app.core.settings import PROJECT_ROOT
 from app.local.embedded import LocalRedis, free_port
 from app.local.state import process_start_time, read_state
 from tests.helpers import run_datastorage, start_run, stop_with_ctrl_c, wait_for_event
+
+README = (PROJECT_ROOT / "README.md").read_text()
 
 
 def embedded_env(data_dir: Path) -> dict[str, str]:
@@ -165,3 +170,65 @@ async def test_no_password_or_token_in_the_logs_of_a_run(tmp_path, database_url)
             assert secret not in log
     finally:
         local.stop()
+
+
+async def test_the_first_five_minutes_of_the_readme_work_as_written(tmp_path):
+    block = re.search(r"<!-- first-five-minutes -->\n```sh\n(.*?)```\n<!-- /first-five-minutes -->", README, re.S)
+    assert block, "the README has no first-five-minutes block"
+    commands = [line for line in block[1].splitlines() if line.strip() and not line.startswith("#")]
+    env = embedded_env(tmp_path)
+    process = start_run(env)
+    wait_for_event(process, "service_running")
+    try:
+        redis_port = str(urlsplit(read_state(tmp_path).redis_url).port)
+        wait_for_http(int(env["DATASTORAGE_HTTP_PORT"]))
+        shell_env = {k: v for k, v in os.environ.items() if not k.startswith("DATASTORAGE_")}
+        shell_env["DATASTORAGE_DATA_DIR"] = str(tmp_path)  # as the checkout's .datastorage/ is found
+        for command in commands:
+            # The README's ports are the defaults; this run has ports of its own.
+            command = command.replace("-p 6380", f"-p {redis_port}").replace(
+                "localhost:8080", f"localhost:{env['DATASTORAGE_HTTP_PORT']}")
+            deadline = time.monotonic() + 30
+            while True:  # the consumer stores an XADDed event within a second or so
+                result = subprocess.run(["bash", "-c", command], cwd=PROJECT_ROOT, env=shell_env,
+                                        capture_output=True, text=True, timeout=120)
+                assert result.returncode == 0, (command, result.stderr)
+                if expected_in(command, result.stdout) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            assert expected_in(command, result.stdout), (command, result.stdout)
+    finally:
+        assert stop_with_ctrl_c(process) == 0
+
+
+def wait_for_http(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the API did not answer"
+        time.sleep(0.1)
+
+
+def expected_in(command: str, output: str) -> bool:
+    """What each step of the first five minutes shows."""
+    if "XADD" in command:
+        return re.fullmatch(r"\d+-\d+\n", output) is not None
+    if "curl" in command:
+        return '"correlation_id":"rem-42"' in output
+    if "playbooks search" in command:
+        return "pod-oom-killed" in output.splitlines()[0]
+    if "dlq list" in command:
+        return "validation" in output
+    if "stream status" in command:
+        return "audit_events" in output
+    raise AssertionError(f"no expectation for {command}")
+
+
+def test_every_redis_cli_line_of_the_readme_names_its_server():
+    for line in README.splitlines():
+        if "redis-cli" in line and ("XADD" in line or "XLEN" in line):
+            assert "-p 6380" in line or "-h " in line, line
