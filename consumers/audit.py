@@ -94,6 +94,18 @@ class AuditConsumer:
         self._background: list[asyncio.Task] = []
         # Set when a fatal error stopped the consumer: the process exits non-zero.
         self.failed = asyncio.Event()
+        # The pod's probes on the metrics port (k8s): ready once reading new entries, until it stops.
+        metrics.set_probe("readyz", self.not_ready_because)
+        metrics.set_probe("healthz", lambda: "the consumer failed" if self.failed.is_set() else None)
+
+    def not_ready_because(self) -> str | None:
+        if self.failed.is_set():
+            return "the consumer failed"
+        if self._stop.is_set():
+            return "stopping"
+        if not self._background:
+            return "starting: recovering its own pending entries"
+        return None
 
     @property
     def ingestor(self) -> AuditIngestor:
@@ -113,7 +125,7 @@ class AuditConsumer:
             asyncpg_dsn(self.settings.require_database_url()), min_size=0, max_size=self.settings.db_pool_size
         )
         pool = self.pool
-        metrics.DB_CONNECTIONS_IN_USE.set_function(lambda: pool.get_size() - pool.get_idle_size())
+        metrics.count_connections("consumer", lambda: pool.get_size() - pool.get_idle_size())
         attempts = Attempts(self.redis, self.settings.stream, self.settings.consumer_group, self.settings.consumer_name)
         self._ingestor = AuditIngestor(self.settings, self.redis, AuditStore(pool, self.signer), attempts)
         await ensure_group(self.redis, self.settings.stream, self.settings.consumer_group)

@@ -7,9 +7,11 @@ import re
 import shutil
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 import yaml
 
 from app.core.settings import PROJECT_ROOT, Settings
@@ -166,8 +168,12 @@ async def test_every_dashboard_and_alert_metric_is_exposed_by_a_running_service(
         exposed |= {re.sub(r"_total$", "", name) + "_total" for name in exposed}  # counters' family names
         missing = sorted(name for name in wanted if name not in exposed and name.removesuffix("_total") not in exposed)
         assert not missing, missing
-        # The consumer's probes ask its metrics listener, which answers on any path.
+        # The consumer's probes ask its metrics listener: its own state, not any 200.
         assert urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/healthz", timeout=10).status == 200
+        assert urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=10).status == 200
+        with pytest.raises(urllib.error.HTTPError) as unknown:
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/anything", timeout=10)
+        assert unknown.value.code == 404
     finally:
         assert stop_with_ctrl_c(process) == 0
 

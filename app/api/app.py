@@ -35,6 +35,7 @@ from app.catalog.embedding import EmbedderLoader, shared_loader
 from app.catalog.freshness import keep_embeddings_fresh
 from app.catalog.store import create_pool
 from app.catalog.text_index import TextIndexCache
+from app.core import metrics
 from app.core.db import create_engine
 from app.core.migrations import pending_migrations
 from app.core.read_replicas import ReadRouter, ReadSource
@@ -131,6 +132,8 @@ async def lifespan(
         wait_replicas=settings.stream_wait_replicas,
         wait_timeout_ms=settings.stream_wait_timeout_ms,
     )
+    metrics.count_connections("api_pool", lambda: pool.get_size() - pool.get_idle_size())
+    metrics.count_connections("api_engine", engine.pool.checkedout)  # type: ignore[attr-defined]
     writer = AuditWriter(producer, AuditStore(pool, signer))
     reads = await read_router(settings, ReadSource("primary", engine, pool, is_primary=True))
     verifier = signer.verifier if signer else None
@@ -160,6 +163,8 @@ async def lifespan(
             await replica.engine.dispose()
         if authenticator is not None:
             await authenticator.aclose()
+        metrics.count_connections("api_pool", None)
+        metrics.count_connections("api_engine", None)
         await pool.close()
         await client.aclose()
         await engine.dispose()

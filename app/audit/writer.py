@@ -19,6 +19,7 @@ import structlog
 from app.audit.identity import Submission
 from app.audit.store import AuditStore, DuplicateEventIds
 from app.audit.wire import encode_submission
+from app.core import metrics
 from app.core.sqlstate import describe_store_error
 from app.producer import AuditProducer, NotReplicated
 
@@ -47,7 +48,7 @@ class AuditWriter:
             # Any Redis failure means the stream may not hold them: Postgres can.
             redis_said = describe_store_error(redis_error)
         try:
-            await self.store.insert(submissions, refuse_conflicts=True)
+            result = await self.store.insert(submissions, refuse_conflicts=True)
         except DuplicateEventIds:
             raise
         except Exception as db_error:  # noqa: BLE001 - whatever failed, neither store took them
@@ -59,4 +60,7 @@ class AuditWriter:
             )
             raise StoresUnavailable() from None
         log.warning("redis_unavailable_wrote_to_postgres", events=len(submissions), error=redis_said)
+        # Rows written here never pass the consumer: counted here, as the consumer counts its own.
+        metrics.AUDIT_WRITES.labels("stored").inc(len(result.stored))
+        metrics.AUDIT_WRITES.labels("duplicate").inc(len(result.duplicates))
         return "stored"
