@@ -27,6 +27,7 @@ from app.audit.store import AuditStore
 from app.core import metrics
 from app.core.db import asyncpg_dsn
 from app.core.settings import Settings
+from app.core.upkeep import keep_gauges_fresh
 from app.streams.attempts import Attempts, marker_key
 from consumers.ingestor import AuditIngestor
 from consumers.reader import StreamReader
@@ -144,6 +145,8 @@ class AuditConsumer:
             asyncio.create_task(run_periodically(
                 "stream_upkeep", settings.hygiene_interval_s, stop, lambda: upkeep_stream(self.redis, settings))),
         ]  # fmt: skip
+        if self.pool is not None:  # the CronJob's last success, exported by consumer pods too
+            self._background.append(asyncio.create_task(keep_gauges_fresh(self.pool, stop)))
         if self.signer is not None and self.pool is not None:
             checkpointer = Checkpointer(self.pool, self.redis, self.signer, settings)
             self._background.append(asyncio.create_task(checkpointer.run(stop)))

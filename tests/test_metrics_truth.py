@@ -1,16 +1,20 @@
 """Metrics that tell the truth per process (issue 13, item 5): the API's Postgres connections, its
 write-throughs counted, the consumer's probes answering for the consumer."""
 
+import json
+import time
 import urllib.error
 import urllib.request
 
 import pytest
 from prometheus_client import REGISTRY
 
+from app.core import metrics
 from app.core.metrics import start_metrics_server
+from app.core.upkeep import refresh_gauges
 from app.local.embedded import free_port
 from consumers.audit import AuditConsumer
-from tests.helpers import EVENTS, body_of, event
+from tests.helpers import EVENTS, body_of, client_for, event, run_datastorage, wait_for
 
 
 def sample(name: str, **labels: str) -> float:
@@ -71,7 +75,41 @@ async def test_the_consumer_probes_answer_for_the_consumer(settings):
 @pytest.fixture(autouse=True)
 def _no_probes_left_behind():
     yield
-    from app.core import metrics
-
     metrics.set_probe("healthz", lambda: None)
     metrics._PROBES.pop("readyz", None)
+
+
+# --- the partitions CronJob and its last success (item 9) ----------------------------------------
+
+
+def test_a_cronjob_ensures_partitions_every_few_hours():
+    from tests.test_deploy import by_kind
+
+    [job] = by_kind("CronJob").values()
+    container = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][:2] == ["partitions", "ensure"]
+    assert job["spec"]["concurrencyPolicy"] == "Forbid"
+    hours = job["spec"]["schedule"].split()[1]
+    assert hours.startswith("*/") and int(hours[2:]) <= 8  # several tries a day before the alert's day passes
+    assert {ref.get("configMapRef", ref.get("secretRef"))["name"] for ref in container["envFrom"]} == {"datastorage"}
+
+
+async def test_partitions_ensure_records_its_success_and_the_pods_export_it(database_url, settings, db):
+    await db.execute("DELETE FROM upkeep_runs")
+    run_datastorage({"DATASTORAGE_DATABASE_URL": database_url}, "partitions", "ensure", "--months-ahead", "2")
+    recorded = await db.fetchrow("SELECT extract(epoch FROM last_success_at)::float8 AS at, detail "
+                                 "FROM upkeep_runs WHERE task = 'partitions_ensure'")
+    assert recorded is not None and abs(recorded["at"] - time.time()) < 60
+    assert json.loads(recorded["detail"])["months_ahead"] == 2
+
+    metrics.UPKEEP_LAST_SUCCESS.labels("partitions_ensure").set(0)
+    async with client_for(settings):  # an API process: its workers refresh the gauge at start
+        await wait_for(lambda: sample("datastorage_upkeep_last_success_timestamp_seconds",
+                                      task="partitions_ensure") == recorded["at"], 10, "the gauge")
+
+
+async def test_the_gauge_is_zero_when_partitions_were_never_ensured(pool, db):
+    await db.execute("DELETE FROM upkeep_runs")
+    metrics.UPKEEP_LAST_SUCCESS.labels("partitions_ensure").set(123)
+    await refresh_gauges(pool)
+    assert sample("datastorage_upkeep_last_success_timestamp_seconds", task="partitions_ensure") == 0

@@ -41,6 +41,7 @@ from app.core.migrations import pending_migrations
 from app.core.read_replicas import ReadRouter, ReadSource
 from app.core.redis_client import create_redis
 from app.core.settings import Settings
+from app.core.upkeep import keep_gauges_fresh
 from app.producer import AuditProducer
 from app.ui import viewer_mount
 
@@ -147,6 +148,7 @@ async def lifespan(
         ),
         asyncio.create_task(readiness.keep_refreshing(found, stop)),
         asyncio.create_task(denials.run(writer, stop)),
+        asyncio.create_task(keep_gauges_fresh(pool, stop)),
     ]
     if reads.replicas:
         workers.append(asyncio.create_task(reads.keep_measuring(stop, settings.read_replica_check_interval_s)))

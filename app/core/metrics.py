@@ -190,6 +190,12 @@ PLAYBOOK_STALE_EMBEDDINGS = Gauge(
 )
 
 
+UPKEEP_LAST_SUCCESS = Gauge(
+    "datastorage_upkeep_last_success_timestamp_seconds",
+    "When a periodic upkeep task (partitions_ensure) last succeeded, as recorded in Postgres; 0: never.",
+    ["task"],
+)
+
 # Probes the metrics port answers: name -> None (passing) or why not. Unregistered: 404.
 _PROBES: dict[str, Callable[[], str | None]] = {"healthz": lambda: None}
 

@@ -1,4 +1,5 @@
--- Plan compatibility of the playbook catalog for catalogs managed in SQL (issue 13, item 7).
+-- Operator and plan compatibility (issue 13): the playbook catalog managed in SQL (item 7), and
+-- the record of upkeep runs (item 9).
 --
 -- * content_hash becomes the plan's plain NOT NULL column that an operator's INSERT may fill in:
 --   a trigger computes it when absent (or when an UPDATE changes the content and leaves the hash
@@ -55,3 +56,13 @@ COMMENT ON COLUMN playbook_catalog.content_hash IS
     'SHA-256 of content (hex); computed when left out, a mismatching value is refused';
 COMMENT ON COLUMN playbook_catalog.version_canonical IS
     'The version without a leading v and build metadata: one row per playbook and canonical version';
+
+-- Upkeep that runs as a Kubernetes CronJob (partitions ensure) cannot be scraped once finished:
+-- each success is recorded here, and the long-running pods export it as a gauge to alert on.
+CREATE TABLE upkeep_runs (
+    task            VARCHAR(100) PRIMARY KEY,
+    last_success_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    detail          JSONB NOT NULL DEFAULT '{}'::jsonb
+);
+
+COMMENT ON TABLE upkeep_runs IS 'The last success of each periodic upkeep task (exported as datastorage_upkeep_last_success_timestamp_seconds)';
