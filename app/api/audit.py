@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app.api.access import AUDIT_READ, AUDIT_WRITE
-from app.api.inputs import QueryInt, parse_query, query_values, read_json_body
+from app.api.inputs import QueryInt, error_location, parse_query, query_values, read_json_body
 from app.api.openapi import Operation, Reply
 from app.api.problems import Problem
 from app.api.resources import resources
@@ -174,15 +174,16 @@ def validate_events(items: list, limits: ValidationLimits, trace: dict[str, str]
     submissions = []
     for index, item in enumerate(items):
         if not isinstance(item, dict):
-            raise Problem(400, f"item {index}: must be a JSON object", index=index)
+            raise Problem(400, f"item {index}: must be a JSON object", index=index, field="body")
         if trace and "trace_id" not in item:
             item = {**trace, **item}
         try:
             event = AuditEvent.model_validate(item, context=limits)
         except ValidationError as error:
-            first = error.errors(include_url=False)[0]
-            field = ".".join(str(part) for part in first["loc"]) or None
-            raise Problem(400, f"item {index}: {describe_validation_error(error)}", index=index, field=field) from None
+            field, _ = error_location(error.errors(include_url=False)[0])
+            raise Problem(
+                400, f"item {index}: {describe_validation_error(error)}", index=index, field=field or None
+            ) from None
         submissions.append(Submission(event, frozenset(name for name in DERIVABLE if item.get(name) is None)))
     return submissions
 
@@ -193,11 +194,11 @@ async def create_audit_events(request: Request) -> Response:
     single = isinstance(body, dict)
     items = [body] if single else body
     if not isinstance(items, list):
-        raise Problem(400, "the body must be an event object or an array of them")
+        raise Problem(400, "the body must be an event object or an array of them", field="body")
     if not items:
-        raise Problem(400, "the array holds no events")
+        raise Problem(400, "the array holds no events", field="body")
     if len(items) > MAX_EVENTS_PER_REQUEST:
-        raise Problem(400, f"at most {MAX_EVENTS_PER_REQUEST} events per request")
+        raise Problem(400, f"at most {MAX_EVENTS_PER_REQUEST} events per request", field="body")
     submissions = validate_events(items, found.settings.validation_limits, trace_context(request))
     ids = [str(s.event.event_id) for s in submissions]
     try:

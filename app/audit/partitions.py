@@ -6,7 +6,7 @@ transaction that inserts, so the exclusive lock it takes is held only for the DD
 """
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 
 import asyncpg
@@ -87,10 +87,18 @@ async def drop_partitions_before(conn: asyncpg.Connection, months: int, *, dry_r
     today = await conn.fetchval("SELECT (now() AT TIME ZONE 'UTC')::date")
     cutoff = add_months(month_start(today), -months)
     victims = [p for p in await list_partitions(conn) if p.month < cutoff]
-    if not dry_run:
-        for partition in victims:
+    # Exact counts, not the planner's estimate (0 for a partition never analysed): an operator
+    # decides on them, and the self-audit event records them.
+    exact = []
+    for partition in victims:
+        if dry_run:
+            rows = await conn.fetchval(f"SELECT count(*) FROM {partition.name}")
+        else:
             async with conn.transaction():
-                # Names come from pg_class, quoted by regclass: no user input in this DDL.
+                # Names come from pg_class, quoted by regclass: no user input in this DDL. Counted
+                # once detached (no insert can reach it then): the rows that were dropped.
                 await conn.execute(f"ALTER TABLE audit_events DETACH PARTITION {partition.name}")
+                rows = await conn.fetchval(f"SELECT count(*) FROM {partition.name}")
                 await conn.execute(f"DROP TABLE {partition.name}")
-    return victims
+        exact.append(replace(partition, rows=rows))
+    return exact

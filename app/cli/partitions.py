@@ -11,6 +11,9 @@ from app.audit.self_audit import Action
 from app.cli.common import load_settings, with_postgres
 from app.cli.self_audit import record_cli_action
 
+# 100 years: any real retention; beyond, the cut-off date would leave the calendar.
+MAX_RETENTION_MONTHS = 1200
+
 partitions_cli = typer.Typer(help="Monthly partitions of audit_events.", no_args_is_help=True)
 
 
@@ -49,14 +52,16 @@ def drop(
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
 ) -> None:
     """Drop whole monthly partitions older than the retention (never the current or a future month)."""
-    match = re.fullmatch(r"(\d+)mo", older_than.strip())
-    if not match or int(match[1]) < 1:
-        raise typer.BadParameter("give months, 1mo or more, e.g. 13mo", param_hint="--older-than")
+    match = re.fullmatch(r"(\d{1,6})mo", older_than.strip())
+    if not match or not 1 <= int(match[1]) <= MAX_RETENTION_MONTHS:
+        raise typer.BadParameter(
+            f"give months, 1mo or more (at most {MAX_RETENTION_MONTHS}mo), e.g. 13mo", param_hint="--older-than"
+        )
     months = int(match[1])
     settings = load_settings()
     candidates = with_postgres(settings, lambda conn: drop_partitions_before(conn, months, dry_run=True))
     for p in candidates:
-        typer.echo(f"{p.name}  {p.month:%Y-%m}  ~{p.rows} rows  {p.bytes / 2**20:.1f}MB")
+        typer.echo(f"{p.name}  {p.month:%Y-%m}  {p.rows} rows  {p.bytes / 2**20:.1f}MB")
     if not candidates:
         typer.echo("nothing older than the retention")
         return
@@ -66,7 +71,7 @@ def drop(
     if not yes:
         typer.confirm(f"drop these {len(candidates)} partition(s) and their rows for good?", abort=True)
     dropped = with_postgres(settings, lambda conn: drop_partitions_before(conn, months))
-    typer.echo(f"dropped {len(dropped)} partition(s)")
+    typer.echo(f"dropped {len(dropped)} partition(s) holding {sum(p.rows for p in dropped)} row(s)")
     record_cli_action(
         settings,
         Action.PARTITIONS_DROPPED,
@@ -74,7 +79,7 @@ def drop(
         resource_id="audit_events",
         data={
             "older_than": f"{months}mo",
-            "partitions": [{"name": p.name, "month": f"{p.month:%Y-%m}", "estimated_rows": p.rows} for p in dropped],
-            "estimated_rows": sum(max(p.rows, 0) for p in dropped),
+            "partitions": [{"name": p.name, "month": f"{p.month:%Y-%m}", "rows": p.rows} for p in dropped],
+            "rows": sum(p.rows for p in dropped),
         },
     )
