@@ -26,6 +26,7 @@ from app.audit.integrity.keys import Signer
 from app.audit.store import AuditStore
 from app.core import metrics
 from app.core.db import asyncpg_dsn
+from app.core.logs import adopt_library_logger
 from app.core.settings import Settings
 from app.core.upkeep import keep_gauges_fresh
 from app.streams.attempts import Attempts, marker_key
@@ -41,8 +42,12 @@ from consumers.upkeep import (
 )
 
 log = structlog.get_logger(__name__)
-# Through the root logger, so FastStream's lines come out in the service's format (app/core/logs.py).
-FASTSTREAM_LOGGER = logging.getLogger("faststream.datastorage")
+# Through the root logger, so FastStream's lines come out in the service's format (app/core/logs.py);
+# not under "faststream", whose own logger has a colourised handler and does not propagate.
+FASTSTREAM_LOGGER = logging.getLogger("datastorage.faststream")
+# FastStream makes its own logger when imported (after logging was configured, commands import this
+# module late): send it through the root handler too.
+adopt_library_logger(logging.getLogger("faststream"))
 
 STREAM_DESCRIPTION = (
     "Audit events from every service of the platform, XADDed as flat string fields (read as a "

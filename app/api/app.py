@@ -21,7 +21,7 @@ from app.api.access import PUBLIC, Requirement, RouteAccess
 from app.api.auth import Authenticator, Authorization, authenticator_for
 from app.api.denials import DeniedRequests
 from app.api.health import PodReadiness, health_routes
-from app.api.middleware import LongUrls, RequestMetrics, UnexpectedErrors
+from app.api.middleware import LongUrls, RequestContext, RequestMetrics, UnexpectedErrors
 from app.api.openapi import openapi_document
 from app.api.problems import EXCEPTION_HANDLERS
 from app.api.ratelimit import RateLimit, token_buckets
@@ -83,6 +83,7 @@ def create_app(settings: Settings, signer: Signer | None = None) -> Starlette:
         routes=routes,
         # Outermost first: metrics see every answer, auth says who asks, the limit counts per identity.
         middleware=[
+            Middleware(RequestContext),
             Middleware(RequestMetrics),
             Middleware(UnexpectedErrors),
             Middleware(LongUrls),

@@ -1,16 +1,17 @@
 """`/api/v1/audit-events`: query the trail, read one event, write events (through the stream)."""
 
-import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import orjson
+import structlog
 from pydantic import BaseModel, BeforeValidator, Field, RootModel, ValidationError, WithJsonSchema
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from app.api import middleware
 from app.api.access import AUDIT_READ, AUDIT_WRITE
 from app.api.inputs import QueryInt, error_location, parse_query, query_values, read_json_body
 from app.api.openapi import Operation, Reply
@@ -37,7 +38,6 @@ from app.audit.store import DuplicateEventIds
 from app.core.read_replicas import ReadSource
 
 MAX_EVENTS_PER_REQUEST = 1000
-_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 RECORD_REF = {"$ref": "#/components/schemas/AuditEventRecord"}
 
 TimeBound = Annotated[
@@ -164,10 +164,7 @@ async def get_audit_event(request: Request) -> Response:
 
 def trace_context(request: Request) -> dict[str, str]:
     """trace_id and span_id from a W3C `traceparent` header, if it is well formed."""
-    match = _TRACEPARENT.match(request.headers.get("traceparent", "").strip().lower())
-    if not match or set(match[1]) == {"0"} or set(match[2]) == {"0"}:
-        return {}
-    return {"trace_id": match[1], "span_id": match[2]}
+    return middleware.trace_context(request.headers.get("traceparent", ""))
 
 
 def validate_events(items: list, limits: ValidationLimits, trace: dict[str, str]) -> list[Submission]:
@@ -200,6 +197,10 @@ async def create_audit_events(request: Request) -> Response:
     if len(items) > MAX_EVENTS_PER_REQUEST:
         raise Problem(400, f"at most {MAX_EVENTS_PER_REQUEST} events per request", field="body")
     submissions = validate_events(items, found.settings.validation_limits, trace_context(request))
+    correlation_ids = {s.event.correlation_id for s in submissions}
+    if len(correlation_ids) == 1 and None not in correlation_ids:
+        # One remediation's events: every line logged while writing them carries its id.
+        structlog.contextvars.bind_contextvars(correlation_id=correlation_ids.pop())
     ids = [str(s.event.event_id) for s in submissions]
     try:
         status = await found.writer.write(submissions)  # StoresUnavailable: a 503 (app/api/problems.py)

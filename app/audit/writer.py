@@ -17,6 +17,7 @@ import redis
 import structlog
 
 from app.audit.identity import Submission
+from app.audit.old_events import log_old_events
 from app.audit.store import AuditStore, DuplicateEventIds
 from app.audit.wire import encode_submission
 from app.core import metrics
@@ -43,6 +44,7 @@ class AuditWriter:
         those ids (through the stream, the consumer dead-letters them instead)."""
         try:
             await self.producer.publish_entries(encode_submission(s) for s in submissions)
+            # Into the stream: the consumer stores them (and logs the old ones when it does).
             return "accepted"
         except (redis.RedisError, redis.exceptions.RedisClusterException, NotReplicated) as redis_error:
             # Any Redis failure means the stream may not hold them: Postgres can.
@@ -63,4 +65,5 @@ class AuditWriter:
         # Rows written here never pass the consumer: counted here, as the consumer counts its own.
         metrics.AUDIT_WRITES.labels("stored").inc(len(result.stored))
         metrics.AUDIT_WRITES.labels("duplicate").inc(len(result.duplicates))
+        log_old_events(result.stored, path="http")
         return "stored"

