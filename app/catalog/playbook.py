@@ -33,7 +33,7 @@ def parse_version(version: str) -> semver.Version:
 
 def canonical_version(version: str) -> str:
     """The version as semantic versioning compares it: no leading v, no build metadata, so that
-    v1.0.0, 1.0.0 and 1.0.0+build.7 are one version (as schema/006's playbook_version_canonical)."""
+    v1.0.0, 1.0.0 and 1.0.0+build.7 are one version (as schema/007's playbook_version_canonical)."""
     return version.removeprefix("v").removeprefix("V").split("+", 1)[0]
 
 

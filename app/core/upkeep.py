@@ -1,4 +1,4 @@
-"""The last success of each periodic upkeep task, kept in Postgres (`upkeep_runs`, schema/006).
+"""The last success of each periodic upkeep task, kept in Postgres (`upkeep_runs`, schema/007).
 
 A Kubernetes CronJob (`datastorage partitions ensure`) finishes before Prometheus could scrape
 it, so its success is recorded in the database, and every long-running process (API, consumer)
@@ -24,7 +24,7 @@ REFRESH_INTERVAL_S = 60.0
 
 
 async def record_success(conn: asyncpg.Connection, task: str, **detail: Any) -> None:
-    """Records that `task` succeeded now (a no-op on a schema older than schema/006)."""
+    """Records that `task` succeeded now (a no-op on a schema older than schema/007)."""
     if not await conn.fetchval("SELECT to_regclass('upkeep_runs') IS NOT NULL"):
         return
     await conn.execute(

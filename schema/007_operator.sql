@@ -9,7 +9,7 @@
 --   build metadata): version_canonical says which, and a unique index keeps one row per playbook
 --   and canonical version, whoever writes it. The row keeps the spelling it was first written with.
 --
--- (Migration 006: the number reserved for this work, 007, was taken by the integrity migration.)
+
 
 ALTER TABLE playbook_catalog ALTER COLUMN content_hash DROP EXPRESSION;
 
