@@ -28,7 +28,7 @@ from app.audit.store import AuditStore
 from app.audit.wire import InvalidEntry, decode
 from app.core import metrics
 from app.core.settings import Settings
-from app.core.sqlstate import ErrorKind, classify, describe
+from app.core.sqlstate import ErrorKind, classify, describe, is_release_error
 from app.streams.attempts import Attempts
 from app.streams.dlq import (
     REASON_DUPLICATE_EVENT_ID,
@@ -145,6 +145,9 @@ class AuditIngestor:
         except Exception as error:
             kind = classify(error)
             metrics.AUDIT_WRITE_ERRORS.labels(kind.value).inc()
+            if is_release_error(error):
+                metrics.AUDIT_RELEASE_ERRORS.inc()
+                log.error("audit_write_release_error", error=describe(error), entries=len(pending))
             if kind is ErrorKind.TRANSIENT or (kind is ErrorKind.AMBIGUOUS and not isolate_ambiguous):
                 raise
             if len(pending) == 1:

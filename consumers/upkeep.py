@@ -38,9 +38,18 @@ DEPARTED_CONSUMER_IDLE_MS = 3_600_000
 
 
 async def ensure_group(client: aioredis.Redis, stream: str, group: str) -> bool:
-    """Creates the group at the stream's start unless it exists; returns whether it created it."""
+    """Creates the group at the stream's start unless it exists; returns whether it created it.
+
+    The group starts having "read" what was trimmed before it existed (added − length), so its lag
+    is exact from the start, and entries trimmed later before it read them show as lost (Redis
+    leaves the counter unknown otherwise, and the lag with it)."""
     try:
-        await client.xgroup_create(stream, group, id="0", mkstream=True)
+        info = await client.xinfo_stream(stream)
+    except redis.ResponseError:  # no stream yet
+        info = {"entries-added": 0, "length": 0}
+    already_gone = max(0, int(info.get("entries-added") or 0) - int(info["length"]))
+    try:
+        await client.xgroup_create(stream, group, id="0", mkstream=True, entries_read=already_gone)
     except redis.ResponseError as error:
         if "BUSYGROUP" not in str(error):
             raise

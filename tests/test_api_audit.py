@@ -239,6 +239,7 @@ async def test_post_names_the_index_and_field_of_the_first_bad_item(api, redis_u
     ({**body_of(event()), "event_data": "[1]"}, "event_data: must be a JSON object"),
     ({**body_of(event()), "event_timestamp": "2999-01-01T00:00:00Z"}, "in the future"),
     ({**body_of(event()), "surprise": 1}, "surprise: Extra inputs are not permitted"),
+    ({**body_of(event()), "event_data": {"n": 10**30}}, "event_data: holds an integer beyond 64 bits"),
 ])
 async def test_post_refuses_bad_bodies_with_a_400(api, payload, detail):
     assert_problem(await api.post(EVENTS, json=payload), 400, detail)

@@ -26,6 +26,7 @@ from tests.helpers import (
     publish,
     row_counts,
     settled,
+    submitted,
     wait_for,
 )
 
@@ -94,6 +95,20 @@ async def test_the_same_event_sent_twice_makes_one_row(db, client, consumers):
     await settled(db, client, rows=10)
 
 
+async def test_the_same_event_twice_in_one_batch_makes_one_row(database_url, db):
+    """The retried XADD read in the same batch as the original: the first copy is stored, the
+    second is its redelivery."""
+    batch = events(3)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    try:
+        result = await AuditStore(pool).insert(submitted([*batch, batch[0], batch[1]]))
+    finally:
+        await pool.close()
+    assert [s.event.event_id for s in result.stored] == [e.event_id for e in batch]
+    assert len(result.duplicates) == 2 and not result.conflicts
+    assert await db.fetchval("SELECT count(*) FROM audit_events") == 3
+
+
 async def _group_read(client, count: int) -> bool:
     groups = await client.xinfo_groups(STREAM)
     return bool(groups) and (groups[0]["entries-read"] or 0) >= count and groups[0]["pending"] == 0
@@ -112,6 +127,8 @@ INVALID_ENTRIES = {
     "unknown_field": ({"colour": "red"}, "colour: unknown field"),
     "nul_character": ({"actor_name": "a\x00b"}, "actor_name: must not contain NUL"),
     "deep_json": ({"event_data": "[" * 40 + "]" * 40}, "event_data:"),
+    "wide_integer": ({"event_data": '{"n": 123456789012345678901234567890}'},
+                     "event_data: holds an integer beyond 64 bits"),
     "blank_type": ({"event_type": "  "}, "event_type:"),
 }
 
@@ -290,6 +307,19 @@ async def test_postgres_stopped_for_20_seconds_loses_nothing(database_url, clien
         await settled(db, client, rows=sent, timeout=90)
     finally:
         await db.close()
+
+
+async def test_a_bad_release_is_retried_and_alerted_never_dead_lettered(db, client, consumers):
+    """A column missing under the consumer (SQLSTATE 42703, a release ahead of its migration):
+    every batch fails alike. The entries wait in the stream, none is dead-lettered, and they are
+    stored once the schema is right again."""
+    await db.execute("ALTER TABLE audit_events RENAME COLUMN resource_name TO resource_label")
+    consumer = await consumers(retry_initial_s=0.2, retry_max_s=0.5)
+    await publish(client, events(50))
+    await wait_for(lambda: consumer.log().count("audit_write_release_error") >= 3, 30, "three failed attempts")
+    assert await pending(client) == 50 and await client.xlen(DLQ) == 0
+    await db.execute("ALTER TABLE audit_events RENAME COLUMN resource_label TO resource_name")
+    await settled(db, client, rows=50)
 
 
 async def _rows_at_least(db, count: int) -> bool:

@@ -11,7 +11,8 @@ from app.core.sqlstate import ErrorKind, classify, classify_sqlstate
 
 
 @pytest.mark.parametrize("sqlstate", ["40P01", "40001", "55P03", "53300", "57P01", "57P02", "57P03",
-                                      "08006", "08001", "25006", "42P01", "58030", "53100"])
+                                      "08006", "08001", "25006", "42P01", "58030", "53100",
+                                      "42601", "42501", "42703"])
 def test_transient_sqlstates(sqlstate):
     assert classify_sqlstate(sqlstate) is ErrorKind.TRANSIENT
 
@@ -22,9 +23,16 @@ def test_permanent_sqlstates(sqlstate):
     assert classify_sqlstate(sqlstate) is ErrorKind.PERMANENT
 
 
-@pytest.mark.parametrize("sqlstate", ["57014", "XX000", "42601"])
+@pytest.mark.parametrize("sqlstate", ["57014", "XX000", "P0001"])
 def test_ambiguous_sqlstates(sqlstate):
     assert classify_sqlstate(sqlstate) is ErrorKind.AMBIGUOUS
+
+
+def test_class_42_is_the_releases_fault_not_the_entries():
+    assert sqlstate.is_release_error(asyncpg.PostgresSyntaxError("syntax error at or near"))
+    assert sqlstate.is_release_error(asyncpg.UndefinedColumnError("column x does not exist"))
+    assert not sqlstate.is_release_error(asyncpg.CheckViolationError("check"))
+    assert not sqlstate.is_release_error(ConnectionRefusedError())
 
 
 def test_connection_failures_are_transient():

@@ -86,6 +86,21 @@ def test_stream_entries_carry_json_as_text():
             AuditEvent.model_validate({**VALID, "event_data": bad}, context=text)
 
 
+def test_integers_beyond_64_bits_are_refused_by_name_never_rounded():
+    """Stored they would come back as 1.2345678901234568e+29: refused on both paths instead."""
+    wide = 123456789012345678901234567890
+    assert refusal(event_data={"count": wide}).startswith("event_data: holds an integer beyond 64 bits")
+    assert refusal(metadata={"n": [-wide]}).startswith("metadata: holds an integer beyond 64 bits")
+    text = ValidationLimits(json_as_text=True)
+    with pytest.raises(ValidationError, match="holds an integer beyond 64 bits"):
+        AuditEvent.model_validate({**VALID, "event_data": f'{{"a": {{"b": {wide}}}}}'}, context=text)
+    # What fits in 64 bits, and a float written as one, stay as they are.
+    event = AuditEvent.model_validate(
+        {**VALID, "event_data": '{"u": 18446744073709551615, "i": -9223372036854775808, "f": 1e30}'}, context=text
+    )
+    assert event.event_data == {"u": 2**64 - 1, "i": -(2**63), "f": 1e30}
+
+
 def test_json_payloads_are_size_and_depth_limited():
     limits = ValidationLimits(max_json_bytes=2048, max_json_depth=5)
     big = {"blob": "x" * 4096}

@@ -36,6 +36,7 @@ from tests.helpers import (
     insert_audit_row,
     start_run,
     stop_with_ctrl_c,
+    submitted,
     wait_for_event,
 )
 
@@ -89,7 +90,7 @@ def assert_html(response: httpx.Response, status: int = 200) -> Page:
 async def test_the_list_shows_events_newest_first_with_every_filter_of_the_api_as_a_form(api, store):
     written = [event(n, correlation_id="rem-1", event_timestamp=datetime.now(UTC) - timedelta(minutes=10 - n))
                for n in range(3)]
-    await store.insert(written)
+    await store.insert(submitted(written))
     page = assert_html(await api.get("/ui/"))
     rows = [tr["id"] for tr in page.all("tr") if tr.get("id")]
     assert rows == [f"e-{e.event_id}" for e in reversed(written)]
@@ -103,7 +104,7 @@ async def test_the_list_shows_events_newest_first_with_every_filter_of_the_api_a
 
 
 async def test_filters_from_the_form_select_like_the_api_and_empty_fields_are_ignored(api, store):
-    await store.insert([event(1, service_name="gateway"), event(2, service_name="planner", event_outcome="failure")])
+    await store.insert(submitted([event(1, service_name="gateway"), event(2, service_name="planner", event_outcome="failure")]))
     page = assert_html(await api.get("/ui/", params={"service_name": "planner", "event_type": "", "actor_type": ""}))
     assert len([tr for tr in page.all("tr") if tr.get("id")]) == 1
     assert "planner" in "".join(page.text)
@@ -122,7 +123,7 @@ async def test_a_bad_filter_is_a_400_page_naming_it(api, params, named):
 
 
 async def test_cursor_pages_walk_the_list_without_repeating_a_row(api, store):
-    await store.insert([event(n, event_timestamp=datetime.now(UTC) - timedelta(seconds=n)) for n in range(5)])
+    await store.insert(submitted([event(n, event_timestamp=datetime.now(UTC) - timedelta(seconds=n)) for n in range(5)]))
     seen, url = [], "/ui/?limit=2&service_name=gateway"
     while url:
         page = assert_html(await api.get(url))
@@ -135,7 +136,7 @@ async def test_cursor_pages_walk_the_list_without_repeating_a_row(api, store):
 
 
 async def test_the_first_page_carries_the_live_tail_and_later_pages_do_not(api, store):
-    await store.insert([event(n) for n in range(3)])
+    await store.insert(submitted([event(n) for n in range(3)]))
     page = assert_html(await api.get("/ui/", params={"service_name": "gateway", "limit": "1"}))
     [tail] = [p for p in page.all("p") if p.get("id") == "tail"]
     query = parse_qs(urlsplit(tail["data-tail-url"]).query)
@@ -151,7 +152,7 @@ async def test_the_first_page_carries_the_live_tail_and_later_pages_do_not(api, 
 async def test_an_event_page_shows_every_field_its_parent_and_children(api, store):
     parent = event(1, correlation_id="rem-9", metadata={"source": "test"}, trace_id="trace-1")
     child = event(2, correlation_id="rem-9", parent_event_id=parent.event_id)
-    await store.insert([parent, child])
+    await store.insert(submitted([parent, child]))
     page = assert_html(await api.get(f"/ui/events/{parent.event_id}"))
     text = "".join(page.text)
     assert str(parent.event_id) in text and "trace-1" in text and '"source": "test"' in text
@@ -175,7 +176,7 @@ async def test_a_correlation_is_a_timeline_oldest_first_nested_by_parent(api, st
     grandchild = event(2, correlation_id="rem-t", service_name="executor", parent_event_id=child.event_id,
                        event_timestamp=start + timedelta(seconds=2, milliseconds=500))
     other = event(3, correlation_id="rem-other")
-    await store.insert([grandchild, other, child, root])
+    await store.insert(submitted([grandchild, other, child, root]))
     page = assert_html(await api.get("/ui/correlations/rem-t"))
     steps = [tr for tr in page.all("tr") if tr.get("id")]
     assert [s["id"] for s in steps] == [f"e-{e.event_id}" for e in (root, child, grandchild)]
@@ -195,7 +196,7 @@ def page_text(page: Page) -> str:
 
 
 async def test_a_correlation_id_with_a_slash_or_unknown(api, store):
-    await store.insert([event(1, correlation_id="team/rem 1")])
+    await store.insert(submitted([event(1, correlation_id="team/rem 1")]))
     page = assert_html(await api.get("/ui/"))
     [link] = [href for href in page.links() if href.startswith("/ui/correlations/")]
     assert link == "/ui/correlations/team%2Frem%201"
@@ -246,7 +247,7 @@ async def test_hostile_values_are_text_on_every_page(api, store):
     hostile = event(1, event_data=HOSTILE, resource_id="<script>alert('resource')</script>",
                     correlation_id='"><script>alert(4)</script>', actor_id="javascript:alert(5)",
                     event_type="<b>bold</b>", metadata={"x": "</pre><script>alert(6)</script>"})
-    await store.insert([hostile])
+    await store.insert(submitted([hostile]))
     pages = [await api.get("/ui/"), await api.get(f"/ui/events/{hostile.event_id}"),
              await api.get("/ui/correlations/" + '"><script>alert(4)<%2Fscript>'.replace('"', "%22"))]
     for response in pages:
@@ -261,7 +262,7 @@ async def test_hostile_values_are_text_on_every_page(api, store):
 
 async def test_huge_values_are_cut_in_lists_and_whole_on_the_event_page(api, store):
     huge = event(1, event_data={"blob": "x" * 200_000}, correlation_id="rem-huge")
-    await store.insert([huge])
+    await store.insert(submitted([huge]))
     listing = await api.get("/ui/")
     assert len(listing.text) < 50_000 and "more characters" in listing.text
     timeline = await api.get("/ui/correlations/rem-huge")
@@ -271,7 +272,7 @@ async def test_huge_values_are_cut_in_lists_and_whole_on_the_event_page(api, sto
 
 
 async def test_every_viewer_response_has_the_security_headers_and_no_inline_script(api, store):
-    await store.insert([event(1, correlation_id="rem-1")])
+    await store.insert(submitted([event(1, correlation_id="rem-1")]))
     first = (await api.get("/ui/")).text
     event_id = re.search(r'id="e-([0-9a-f-]{36})"', first)[1]
     for path in ["/ui/", f"/ui/events/{event_id}", "/ui/correlations/rem-1", "/ui/dlq", "/ui/login",
@@ -466,7 +467,7 @@ class EventStream:
 
 async def test_the_tail_sends_rows_committed_after_the_page_even_with_an_older_timestamp(served, api, store, db):
     base = await served()
-    await store.insert([event(1, service_name="tailed")])
+    await store.insert(submitted([event(1, service_name="tailed")]))
     page = assert_html(await api.get("/ui/", params={"service_name": "tailed"}))
     [tail] = [p for p in page.all("p") if p.get("id") == "tail"]
     late = audit_row(datetime.now(UTC) - timedelta(minutes=20), event_id=uuid.uuid4(), service_name="tailed")

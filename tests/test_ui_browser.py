@@ -15,7 +15,7 @@ import pytest
 from playwright.async_api import BrowserContext, Page, async_playwright, expect
 
 from app.audit.store import AuditStore
-from tests.helpers import ServedApi, event, publish
+from tests.helpers import ServedApi, event, publish, submitted
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -145,7 +145,7 @@ async def test_each_page_loads_filters_and_a_correlation_is_followed(serve, stor
     steps = remediation(start)
     noise = [event(20 + n, correlation_id=f"rem-{50 + n}", event_timestamp=start - timedelta(minutes=n + 1))
              for n in range(6)]
-    await store.insert(steps + noise)
+    await store.insert(submitted(steps + noise))
     base = serve()
     page = await (await browser()).new_page()
     problems = watched(page)
@@ -225,7 +225,7 @@ async def test_hostile_values_render_as_text(serve, store, browser):
                     resource_id='"><img src=x onerror=alert(4)>', event_type="<b>bold</b>",
                     actor_id="javascript:alert(5)", event_timestamp=datetime.now(UTC) - timedelta(seconds=5))
     huge = event(2, event_data={"blob": "y" * 200_000}, correlation_id="rem-huge")
-    await store.insert([hostile, huge])
+    await store.insert(submitted([hostile, huge]))
     base = serve()
     page = await (await browser()).new_page()
     problems = watched(page)
@@ -253,7 +253,7 @@ async def test_hostile_values_render_as_text(serve, store, browser):
 async def test_the_list_and_the_timeline_work_without_javascript(serve, store, browser):
     start = datetime.now(UTC) - timedelta(minutes=3)
     steps = remediation(start)
-    await store.insert(steps + [event(30 + n, event_timestamp=start - timedelta(seconds=n)) for n in range(4)])
+    await store.insert(submitted(steps + [event(30 + n, event_timestamp=start - timedelta(seconds=n)) for n in range(4)]))
     base = serve()
     page = await (await browser(javascript=False)).new_page()
     await page.goto(f"{base}/ui/?limit=5")
@@ -275,7 +275,7 @@ async def test_the_list_and_the_timeline_work_without_javascript(serve, store, b
 
 async def test_times_are_shown_in_the_viewers_zone_with_utc_on_hover(serve, store, browser):
     at = datetime(2026, 1, 15, 9, 30, 15, 250_000, tzinfo=UTC)
-    await store.insert([event(1, event_timestamp=at)])
+    await store.insert(submitted([event(1, event_timestamp=at)]))
     base = serve()
     page = await (await browser(timezone_id="Asia/Kolkata")).new_page()
     await page.goto(f"{base}/ui/?since=2026-01-01T00:00:00Z")
@@ -301,7 +301,7 @@ async def test_playbooks_are_searched_with_label_filters_and_show_their_versions
 
 
 async def test_a_token_typed_once_opens_every_page_and_the_live_tail(serve, store, browser, database_url):
-    await store.insert([event(1, correlation_id="rem-login")])
+    await store.insert(submitted([event(1, correlation_id="rem-login")]))
     base = serve(api_tokens="ui-secret-1")
     context = await browser()
     page = await context.new_page()

@@ -30,7 +30,7 @@ from app.api.tokens import load_grants
 from app.audit.integrity.keys import Signer
 from app.audit.record import record_json_schema
 from app.audit.store import AuditStore
-from app.audit.writer import AuditWriter
+from app.audit.writer import AuditWriter, configured_producer
 from app.catalog.embedding import EmbedderLoader, shared_loader
 from app.catalog.freshness import keep_embeddings_fresh
 from app.catalog.store import create_pool
@@ -42,7 +42,6 @@ from app.core.read_replicas import ReadRouter, ReadSource
 from app.core.redis_client import create_redis
 from app.core.settings import Settings
 from app.core.upkeep import keep_gauges_fresh
-from app.producer import AuditProducer
 from app.ui import viewer_mount
 
 log = structlog.get_logger(__name__)
@@ -127,16 +126,9 @@ async def lifespan(
         acquire_timeout=settings.db_pool_timeout_s,
         timeout=settings.db_pool_timeout_s,
     )
-    producer = AuditProducer(
-        client,
-        settings.stream,
-        shards=settings.stream_shards,
-        wait_replicas=settings.stream_wait_replicas,
-        wait_timeout_ms=settings.stream_wait_timeout_ms,
-    )
     metrics.count_connections("api_pool", lambda: pool.get_size() - pool.get_idle_size())
     metrics.count_connections("api_engine", engine.pool.checkedout)  # type: ignore[attr-defined]
-    writer = AuditWriter(producer, AuditStore(pool, signer))
+    writer = AuditWriter(configured_producer(settings, client), AuditStore(pool, signer))
     reads = await read_router(settings, ReadSource("primary", engine, pool, is_primary=True))
     verifier = signer.verifier if signer else None
     found = Resources(settings, engine, pool, client, writer, loader, reads, TextIndexCache(), verifier)

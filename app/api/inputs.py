@@ -4,14 +4,15 @@ The models (query parameters, bodies) are the single statement of each limit: th
 validate with them and the OpenAPI document (`app/api/openapi.py`) is generated from them.
 """
 
+import json
 import re
 from typing import Annotated, Any, TypeVar
 
-import orjson
 from pydantic import BaseModel, BeforeValidator, ValidationError
 from starlette.requests import Request
 
 from app.api.problems import Problem
+from app.audit.event import loads_exact
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -103,6 +104,6 @@ async def read_json_body(request: Request, max_bytes: int) -> Any:
         if len(body) > max_bytes:
             raise Problem(413, f"the body is larger than {max_bytes} bytes")
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as error:
+        return loads_exact(body)
+    except json.JSONDecodeError as error:
         raise Problem(400, f"the body is not valid JSON ({error})", field="body") from None

@@ -10,6 +10,7 @@ without NUL characters, and timestamps fall inside a window that bounds which mo
 producer can make the service create.
 """
 
+import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -107,16 +108,19 @@ class AuditEvent(BaseModel):
             if len(value) > limits.max_json_bytes or utf8_size(value) > limits.max_json_bytes:
                 raise ValueError(f"is larger than {limits.max_json_bytes} bytes")
             try:
-                value = orjson.loads(value)
-            except orjson.JSONDecodeError as error:
+                value = loads_exact(value)
+            except json.JSONDecodeError as error:
                 raise ValueError(f"is not valid JSON ({error})") from None
         elif isinstance(value, dict):
+            # The tree first: it names what orjson's encoder would only call unencodable.
+            _check_json_tree(value, limits.max_json_depth)
             try:
                 size = len(orjson.dumps(value))
             except orjson.JSONEncodeError as error:
                 raise ValueError(f"cannot be written as JSON ({error})") from None
             if size > limits.max_json_bytes:
                 raise ValueError(f"is larger than {limits.max_json_bytes} bytes")
+            return value
         if value is not None and not isinstance(value, dict):
             raise ValueError("must be a JSON object")
         if value is not None:
@@ -197,6 +201,34 @@ def _check_json_tree(value: Any, max_depth: int) -> None:
             stack.extend((child, depth + 1) for child in node)
         elif isinstance(node, str) and "\x00" in node:
             raise ValueError("must not contain NUL characters (U+0000)")
+        elif isinstance(node, int) and not _INT64_MIN <= node <= _INT64_MAX:
+            # Stored it would become a float (jsonb keeps it, but no reader of ours could): refused.
+            raise ValueError(f"holds an integer beyond 64 bits ({node}); send it as a string to keep it exact")
+
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**64 - 1
+
+
+def loads_exact(text: str | bytes | bytearray) -> Any:
+    """JSON text parsed with integers kept exact. orjson reads an integer beyond 64 bits as a
+    float, silently inexact; then the standard parser reads the text again and keeps it an int
+    (which the event model refuses by name)."""
+    value = orjson.loads(text)
+    return json.loads(text) if _holds_wide_floats(value) else value
+
+
+def _holds_wide_floats(value: Any) -> bool:
+    """Whether a parsed tree holds a whole float of 64-bit size or more (maybe a wide integer)."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, float) and abs(node) >= 2**63 and node.is_integer():
+            return True
+    return False
 
 
 def parse_rfc3339(text: str) -> datetime:

@@ -79,10 +79,9 @@ class AuditStore:
     async def _write(self, submissions: Sequence[Submission], refuse_conflicts: bool) -> WriteResult:
         result = WriteResult()
         async with self.pool.acquire() as conn, conn.transaction():
-            new_ids = await self._claim_ids(conn, submissions, result)
+            fresh = await self._claim_ids(conn, submissions, result)
             if refuse_conflicts and result.conflicts:
                 raise DuplicateEventIds(sorted({str(s.event.event_id) for s in result.conflicts}))
-            fresh = [s for s in submissions if s.event.event_id in new_ids]
             if fresh:
                 await self._copy_and_seal(conn, fresh)
             result.stored = fresh
@@ -90,9 +89,10 @@ class AuditStore:
 
     async def _claim_ids(
         self, conn: asyncpg.Connection, submissions: Sequence[Submission], result: WriteResult
-    ) -> set[uuid.UUID]:
-        """Inserts the batch's ids; returns the new ones and sorts the others into duplicates and
-        conflicts. An id twice in one batch counts once: the first submission wins."""
+    ) -> list[Submission]:
+        """Inserts the batch's ids; returns the submissions that claimed a new one and sorts the
+        others into duplicates and conflicts. An id twice in one batch counts once: the first
+        submission wins, the others are compared with it like with a stored row."""
         first: dict[uuid.UUID, Submission] = {}
         for submission in submissions:
             first.setdefault(submission.event.event_id, submission)
@@ -118,7 +118,7 @@ class AuditStore:
                     result.duplicates.append(submission)
                 else:
                     result.conflicts.append(submission)
-        return claimed
+        return [s for event_id, s in first.items() if event_id in claimed]
 
     async def _copy_and_seal(self, conn: asyncpg.Connection, submissions: Sequence[Submission]) -> None:
         signer = self.signer

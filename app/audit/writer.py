@@ -21,12 +21,26 @@ from app.audit.old_events import log_old_events
 from app.audit.store import AuditStore, DuplicateEventIds
 from app.audit.wire import encode_submission
 from app.core import metrics
+from app.core.redis_client import RedisClient
+from app.core.settings import Settings
 from app.core.sqlstate import describe_store_error
 from app.producer import AuditProducer, NotReplicated
 
 log = structlog.get_logger(__name__)
 
 WriteStatus = Literal["accepted", "stored"]
+
+
+def configured_producer(settings: Settings, client: RedisClient) -> AuditProducer:
+    """The producer every writer of this service uses: the configured stream, its shards, and the
+    replicas to wait for, so the API and the CLI write where the consumers read."""
+    return AuditProducer(
+        client,
+        settings.stream,
+        shards=settings.stream_shards,
+        wait_replicas=settings.stream_wait_replicas,
+        wait_timeout_ms=settings.stream_wait_timeout_ms,
+    )
 
 
 class StoresUnavailable(Exception):

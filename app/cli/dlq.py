@@ -15,6 +15,7 @@ from app.audit.self_audit import Action
 from app.cli.common import load_settings, with_redis
 from app.cli.self_audit import record_cli_action
 from app.core.redis_client import RedisClient
+from app.streams.dlq import NOT_REPLAYABLE
 from app.streams.operations import DeadLetterEntry, dlq_list, dlq_purge, dlq_replay, dlq_show, iterate_dead_letters
 
 dlq_cli = typer.Typer(help="The dead-letter stream: inspect, replay, purge.", no_args_is_help=True)
@@ -100,6 +101,12 @@ def replay(
         raise typer.BadParameter(str(error), param_hint="ENTRY_IDS") from None
     target = "the streams of their shards" if keys.sharded else keys.stream
     typer.echo(f"replayed {moved} of {selected} dead letter(s) to {target}")
+    if moved < selected:
+        typer.echo(
+            f"kept {selected - moved} dead letter(s) that hold no original entry ({', '.join(sorted(NOT_REPLAYABLE))}):"
+            " they record what was lost and cannot be stored; `datastorage dlq purge --reason …` removes them",
+            err=True,
+        )
     record_cli_action(
         settings,
         Action.DLQ_REPLAYED,

@@ -11,7 +11,6 @@ import asyncio
 from typing import Any
 
 import asyncpg
-import redis.asyncio as aioredis
 import structlog
 import typer
 
@@ -20,11 +19,11 @@ from app.audit.identity import Submission
 from app.audit.integrity.keys import Signer
 from app.audit.self_audit import Action, Actor, operator_event
 from app.audit.store import AuditStore
-from app.audit.writer import AuditWriter, StoresUnavailable
+from app.audit.writer import AuditWriter, StoresUnavailable, configured_producer
 from app.core import metrics
 from app.core.db import asyncpg_dsn
+from app.core.redis_client import create_redis
 from app.core.settings import Settings
-from app.producer import AuditProducer
 
 log = structlog.get_logger(__name__)
 
@@ -53,11 +52,7 @@ def record_cli_action(
 
 async def write_event(settings: Settings, event: AuditEvent) -> str:
     """XADD, or Postgres when Redis is away: AuditWriter when both are configured, else the one."""
-    client = (
-        aioredis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
-        if settings.redis_url
-        else None
-    )
+    client = create_redis(settings, socket_timeout=5, socket_connect_timeout=2) if settings.redis_url else None
     # min_size 0: no connection unless Redis fails.
     pool = (
         await asyncpg.create_pool(asyncpg_dsn(settings.database_url), min_size=0, max_size=1)
@@ -70,11 +65,9 @@ async def write_event(settings: Settings, event: AuditEvent) -> str:
     submissions = [Submission(event)]
     try:
         if client is not None and pool is not None:
-            return await AuditWriter(AuditProducer(client, settings.stream), AuditStore(pool, signer)).write(
-                submissions
-            )
+            return await AuditWriter(configured_producer(settings, client), AuditStore(pool, signer)).write(submissions)
         if client is not None:
-            await AuditProducer(client, settings.stream).publish(event)
+            await configured_producer(settings, client).publish(event)
             return "accepted"
         if pool is not None:
             await AuditStore(pool, signer).insert(submissions, refuse_conflicts=True)

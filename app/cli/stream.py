@@ -44,3 +44,10 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="JSON, for scrip
                 f"  {stream['stream']}{where}: {stream['length']} entries, DLQ {stream['dlq_depth']}"
                 + (f"; {groups}" if groups else "")
             )
+    for stream in found["streams"]:
+        if stream.get("entry_ids_ahead_s"):
+            typer.echo(
+                f"warning: {stream['stream']}'s newest entry id is {stream['entry_ids_ahead_s']} s ahead of this clock"
+                " (an XADD with an explicit id); events without a timestamp take the read time",
+                err=True,
+            )

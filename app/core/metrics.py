@@ -21,6 +21,10 @@ AUDIT_WRITES = Counter(
 AUDIT_WRITE_ERRORS = Counter(
     "datastorage_audit_write_errors_total", "Failed batch writes by kind (transient, permanent, ambiguous).", ["kind"]
 )
+AUDIT_RELEASE_ERRORS = Counter(
+    "datastorage_audit_release_errors_total",
+    "Failed batch writes the release is to blame for (SQLSTATE class 42: schema, SQL, grants); retried, alerted.",
+)
 AUDIT_BATCH_SIZE = Histogram(
     "datastorage_audit_batch_size",
     "Entries per batch read from the stream.",

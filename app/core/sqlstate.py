@@ -1,8 +1,9 @@
 """What a failed write means: wait and retry, or blame particular entries (docs/SQLSTATE.md).
 
 * transient: the database or the network is unwell (connection lost, deadlock, serialization,
-  lock timeout, too many connections, shutdown, read-only during fail-over, or a schema that is
-  not migrated yet). Retrying the same batch later will work; no entry is at fault.
+  lock timeout, too many connections, shutdown, read-only during fail-over), or the release is
+  (SQLSTATE class 42: a schema not migrated yet, a syntax error, a missing grant). Retrying the
+  same batch later will work; no entry is at fault.
 * permanent: the data of some entry is at fault (SQLSTATE classes 22 and 23, 54000). Retrying
   cannot help; the entries that cause it are found by splitting the batch and dead-lettered.
 * ambiguous: a cancelled statement (57014) or an error nobody classified. Retried a few times
@@ -28,11 +29,12 @@ TRANSIENT_SQLSTATES = {
     "40P01",  # deadlock_detected
     "55P03",  # lock_not_available (lock_timeout)
     "25006",  # read_only_sql_transaction: a standby during fail-over
-    "42P01",  # undefined_table: schema not migrated yet; an operator's fix, not the entries'
-    "42703",  # undefined_column: likewise
-    "42883",  # undefined_function: likewise
 }
-TRANSIENT_SQLSTATE_CLASSES = {
+# syntax_error_or_access_rule_violation: a bad release (42601 a syntax error in our SQL, 42P01 a
+# schema not migrated yet, 42501 a revoked grant). Every entry would fail the same way: retried
+# until an operator fixes it (an alert says so), never split down into a flood of dead letters.
+RELEASE_SQLSTATE_CLASSES = {"42"}
+TRANSIENT_SQLSTATE_CLASSES = RELEASE_SQLSTATE_CLASSES | {
     "08",  # connection_exception
     "53",  # insufficient_resources (53300 too_many_connections, disk full, out of memory)
     "57",  # operator_intervention (57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now)
@@ -67,6 +69,12 @@ def classify_sqlstate(sqlstate: str) -> ErrorKind:
     if sqlstate in PERMANENT_SQLSTATES or sqlstate[:2] in PERMANENT_SQLSTATE_CLASSES:
         return ErrorKind.PERMANENT
     return ErrorKind.AMBIGUOUS
+
+
+def is_release_error(error: BaseException) -> bool:
+    """An error of the deployed code or schema, not of the data or the network."""
+    sqlstate = getattr(error, "sqlstate", None) or ""
+    return sqlstate[:2] in RELEASE_SQLSTATE_CLASSES
 
 
 def describe(error: BaseException) -> str:

@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 
 from app.audit.wire import derived_event_id
 from app.core.redis_client import RedisClient
-from app.streams.dlq import original_fields
+from app.streams.dlq import NOT_REPLAYABLE, original_fields
 from app.streams.ids import as_text, entry_id_key, entry_id_time
 from app.streams.keys import StreamKeys, StreamShard
 
@@ -79,6 +79,10 @@ async def shard_status(client: RedisClient, shard: StreamShard) -> dict:
         status["node"] = client.get_node_from_key(shard.stream).name
     if not await client.exists(shard.stream):
         return status
+    last_id = as_text((await client.xinfo_stream(shard.stream))["last-generated-id"])
+    # An explicit future id (XADD key <future>-0 …) makes every later `*` id that late: shown here,
+    # as datastorage_stream_entry_ids_ahead_seconds and an alert.
+    status["entry_ids_ahead_s"] = round(max(0.0, entry_id_time(last_id).timestamp() - time.time()), 1)
     for group in await client.xinfo_groups(shard.stream):
         name = as_text(group["name"])
         pending = await client.xpending(shard.stream, name)
@@ -149,6 +153,11 @@ class DeadLetterEntry:
     @property
     def reason(self) -> str:
         return as_text(self.fields.get(b"dlq_reason", b""))
+
+    @property
+    def replayable(self) -> bool:
+        """Whether it holds the original entry (a deleted entry's or an oversized one's does not)."""
+        return self.reason not in NOT_REPLAYABLE
 
     def as_text(self) -> dict[str, str]:
         return {as_text(k): as_text(v) for k, v in self.fields.items()}
@@ -237,8 +246,8 @@ async def dlq_replay(
     """Moves `entries` back to the streams their DLQs belong to; returns how many moved."""
     moved = 0
     for entry in entries:
-        fields = replay_fields(entry)
-        if not fields:  # a record of a deleted entry: nothing to replay
+        fields = replay_fields(entry) if entry.replayable else {}
+        if not fields:  # a record of what was lost, not the entry: replayed it could only fail again
             continue
         shard = keys.shard(entry.shard)
         # One MULTI on a plain Redis, or on a cluster when the two keys share a slot.

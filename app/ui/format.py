@@ -1,6 +1,7 @@
 """How the templates show values: times (UTC in the page, the viewer's zone by script), durations,
 JSON, and path segments. Every value still goes through Jinja's autoescaping: these only shape text."""
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -47,16 +48,26 @@ def truncated(text: str, limit: int) -> str:
     return f"{text[:limit]}… ({len(text) - limit:,} more characters)"
 
 
+# event_data and metadata come from app/audit/query.py as JSON text (Postgres's jsonb output, numbers
+# exact); other values (a playbook's labels) as Python objects.
+
+
 def json_compact(value: Any, limit: int = PREVIEW_CHARS) -> str:
     if value is None:
         return ""
-    return truncated(orjson.dumps(value).decode(), limit)
+    text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    return truncated(text, limit)
 
 
 def json_pretty(value: Any, limit: int | None = EXPANDED_CHARS) -> str:
     if value is None:
         return ""
-    text = orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
+    if isinstance(value, str):
+        # The standard library's parser keeps integers of any size exact (orjson's would refuse
+        # those beyond 64 bits); the page only re-indents the document.
+        text = json.dumps(json.loads(value), indent=2, ensure_ascii=False)
+    else:
+        text = orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
     return text if limit is None else truncated(text, limit)
 
 

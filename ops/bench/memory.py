@@ -16,15 +16,7 @@ from pathlib import Path
 
 import httpx
 import redis.asyncio as aioredis
-from service import (
-    DATASTORAGE,
-    fresh_database,
-    import_catalog_file,
-    private_servers,
-    service_env,
-    start_api,
-    stop_all,
-)
+from service import DATASTORAGE, fresh_database, import_catalog_file, private_servers, service_env, start_api, stop_all
 
 from app.audit.wire import encode_event
 from app.producer import new_audit_event

@@ -21,15 +21,7 @@ import httpx
 from memory import rss_mib
 from rich.console import Console
 from rich.progress import Progress
-from service import (
-    DATASTORAGE,
-    fresh_database,
-    import_catalog_file,
-    private_servers,
-    service_env,
-    start_api,
-    stop_all,
-)
+from service import DATASTORAGE, fresh_database, import_catalog_file, private_servers, service_env, start_api, stop_all
 
 from app.core.db import connect
 

@@ -27,6 +27,7 @@ from tests.helpers import (
     hold_half_open_connections,
     report,
     rss_bytes,
+    submitted,
     wait_for,
 )
 
@@ -64,7 +65,7 @@ async def test_a_model_that_fails_to_load_is_logged_and_reported_and_audit_route
     metrics_port = free_port()
     with ServedApi(database_url, redis_url, tmp_path, model_cache_dir=tmp_path / "not-a-folder" / "models",
                    metrics_port=metrics_port) as served, httpx.Client(base_url=served.base_url) as http:
-        await wait_for(lambda: http.get("/readyz").json()["checks"]["embedding_model"] != "loading", 60,
+        await wait_for(lambda: http.get("/readyz").json()["checks"]["embedding_model"].startswith("failed"), 60,
                        "the model load to end")
         ready = http.get("/readyz")
         assert ready.status_code == 200
@@ -173,7 +174,7 @@ async def test_a_page_of_large_events_is_bounded_by_bytes_and_the_cursor_continu
     big = "x" * (250 * 1024 - 200)
     written = [event(n, event_data={"blob": big, "n": n}) for n in range(count)]
     for start in range(0, count, 20):
-        await store.insert(written[start:start + 20])
+        await store.insert(submitted(written[start:start + 20]))
     await pool.close()
     max_page_bytes = 4 * 1024 * 1024
     with ServedApi(database_url, redis_url, tmp_path, max_page_bytes=max_page_bytes) as served:
