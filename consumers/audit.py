@@ -26,7 +26,9 @@ from app.audit.integrity.keys import Signer
 from app.audit.store import AuditStore
 from app.core import metrics
 from app.core.db import asyncpg_dsn
+from app.core.logs import adopt_library_logger
 from app.core.settings import Settings
+from app.core.upkeep import keep_gauges_fresh
 from app.streams.attempts import Attempts, marker_key
 from consumers.ingestor import AuditIngestor
 from consumers.reader import StreamReader
@@ -40,8 +42,12 @@ from consumers.upkeep import (
 )
 
 log = structlog.get_logger(__name__)
-# Through the root logger, so FastStream's lines come out in the service's format (app/core/logs.py).
-FASTSTREAM_LOGGER = logging.getLogger("faststream.datastorage")
+# Through the root logger, so FastStream's lines come out in the service's format (app/core/logs.py);
+# not under "faststream", whose own logger has a colourised handler and does not propagate.
+FASTSTREAM_LOGGER = logging.getLogger("datastorage.faststream")
+# FastStream makes its own logger when imported (after logging was configured, commands import this
+# module late): send it through the root handler too.
+adopt_library_logger(logging.getLogger("faststream"))
 
 STREAM_DESCRIPTION = (
     "Audit events from every service of the platform, XADDed as flat string fields (read as a "
@@ -94,6 +100,18 @@ class AuditConsumer:
         self._background: list[asyncio.Task] = []
         # Set when a fatal error stopped the consumer: the process exits non-zero.
         self.failed = asyncio.Event()
+        # The pod's probes on the metrics port (k8s): ready once reading new entries, until it stops.
+        metrics.set_probe("readyz", self.not_ready_because)
+        metrics.set_probe("healthz", lambda: "the consumer failed" if self.failed.is_set() else None)
+
+    def not_ready_because(self) -> str | None:
+        if self.failed.is_set():
+            return "the consumer failed"
+        if self._stop.is_set():
+            return "stopping"
+        if not self._background:
+            return "starting: recovering its own pending entries"
+        return None
 
     @property
     def ingestor(self) -> AuditIngestor:
@@ -113,7 +131,7 @@ class AuditConsumer:
             asyncpg_dsn(self.settings.require_database_url()), min_size=0, max_size=self.settings.db_pool_size
         )
         pool = self.pool
-        metrics.DB_CONNECTIONS_IN_USE.set_function(lambda: pool.get_size() - pool.get_idle_size())
+        metrics.count_connections("consumer", lambda: pool.get_size() - pool.get_idle_size())
         attempts = Attempts(self.redis, self.settings.stream, self.settings.consumer_group, self.settings.consumer_name)
         self._ingestor = AuditIngestor(self.settings, self.redis, AuditStore(pool, self.signer), attempts)
         await ensure_group(self.redis, self.settings.stream, self.settings.consumer_group)
@@ -132,6 +150,8 @@ class AuditConsumer:
             asyncio.create_task(run_periodically(
                 "stream_upkeep", settings.hygiene_interval_s, stop, lambda: upkeep_stream(self.redis, settings))),
         ]  # fmt: skip
+        if self.pool is not None:  # the CronJob's last success, exported by consumer pods too
+            self._background.append(asyncio.create_task(keep_gauges_fresh(self.pool, stop)))
         if self.signer is not None and self.pool is not None:
             checkpointer = Checkpointer(self.pool, self.redis, self.signer, settings)
             self._background.append(asyncio.create_task(checkpointer.run(stop)))

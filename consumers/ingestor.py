@@ -23,6 +23,7 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 from app.audit.identity import Submission
+from app.audit.old_events import log_old_events
 from app.audit.store import AuditStore
 from app.audit.wire import InvalidEntry, decode
 from app.core import metrics
@@ -166,6 +167,7 @@ class AuditIngestor:
         metrics.AUDIT_WRITE_DURATION.observe(time.perf_counter() - started)
         metrics.AUDIT_WRITES.labels("stored").inc(len(result.stored))
         metrics.AUDIT_WRITES.labels("duplicate").inc(len(result.duplicates))
+        log_old_events(result.stored, path="stream")
         for p in pending:
             metrics.AUDIT_END_TO_END_LATENCY.observe(committed - entry_id_time(p.entry.id).timestamp())
         conflicting = {id(s) for s in result.conflicts}
@@ -193,14 +195,15 @@ class AuditIngestor:
             metrics.DLQ_ENTRIES.labels(letter.reason).inc()
             metrics.AUDIT_WRITES.labels("dead_lettered").inc()
             correlation_id = letter.fields.get(b"correlation_id", b"").decode(errors="replace") or None
-            log.warning(
-                "entry_dead_lettered",
-                entry_id=letter.entry_id,
-                reason=letter.reason,
-                error=letter.error,
-                delivery_count=letter.delivery_count,
-                correlation_id=correlation_id,
-            )
+            trace_id = letter.fields.get(b"trace_id", b"").decode(errors="replace") or None
+            with structlog.contextvars.bound_contextvars(correlation_id=correlation_id, trace_id=trace_id):
+                log.warning(
+                    "entry_dead_lettered",
+                    entry_id=letter.entry_id,
+                    reason=letter.reason,
+                    error=letter.error,
+                    delivery_count=letter.delivery_count,
+                )
 
     async def _leave_pending(self, entries: Sequence[Entry]) -> None:
         """At shutdown: the batch stays pending for this consumer's next start (or a claim); it

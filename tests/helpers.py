@@ -362,10 +362,10 @@ class hold_half_open_connections:
             process.wait(timeout=60)
 
 
-def start_run(env_overrides: dict) -> subprocess.Popen:
+def start_run(env_overrides: dict, *args: str, stderr: Any = subprocess.PIPE) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DATASTORAGE_")}
     env.update({"DATASTORAGE_LOG_FORMAT": "json", **env_overrides})
-    return subprocess.Popen([DATASTORAGE, "run"], env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([DATASTORAGE, "run", *args], env=env, stdin=subprocess.DEVNULL, stderr=stderr, text=True)
 
 
 def wait_for_event(process: subprocess.Popen, name: str, timeout: float = 60) -> dict:

@@ -1,6 +1,7 @@
 """The audit API over HTTP, on the real Postgres and Redis: queries, pages, writes, errors, auth."""
 
 import asyncio
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -338,3 +339,49 @@ async def test_with_tokens_every_api_route_needs_one(settings, tmp_path):
             assert (await api.get(EVENTS, headers={"Authorization": f"Bearer {token}"})).status_code == 200
         assert (await api.get("/healthz")).status_code == 200
         assert (await api.get("/readyz")).status_code == 200
+
+
+# --- event_data.<key>=<value> (issue 13) ------------------------------------------------------
+
+
+async def test_event_data_filters_match_top_level_keys_by_containment(api, store):
+    rows = [
+        event(1, event_data={"channel": "email", "attempt": 3, "dry_run": True}),
+        event(2, event_data={"channel": "email", "attempt": "3", "dry_run": "true"}),
+        event(3, event_data={"channel": "sms", "attempt": 3.0, "dry_run": False}),
+        event(4, event_data={"nested": {"channel": "email"}}),
+    ]
+    await store.insert(submitted(rows))
+
+    async def ids(**params) -> set[int]:
+        response = await api.get(EVENTS, params=params)
+        assert response.status_code == 200, response.text
+        return {int(e["resource_id"].removeprefix("notif-")) for e in response.json()["data"]}
+
+    assert await ids(**{"event_data.channel": "email"}) == {1, 2}  # top level only: not 4
+    assert await ids(**{"event_data.attempt": "3"}) == {1, 2, 3}  # the number 3 (3.0 too) and the string "3"
+    assert await ids(**{"event_data.dry_run": "true"}) == {1, 2}
+    assert await ids(**{"event_data.channel": "email", "event_data.dry_run": "false"}) == set()  # all must match
+    assert await ids(**{"event_data.channel": "sms", "event_data.attempt": "3"}) == {3}
+    assert await ids(**{"event_data.channel": "EMAIL"}) == set()
+    assert await ids(**{"event_data.missing": "x"}) == set()
+    assert_problem(await api.get(EVENTS, params={"event_data.": "x"}), 400, "event_data.")
+    assert_problem(await api.get(EVENTS, params={"event_datum.x": "x"}), 400, "event_datum.x")
+
+
+async def test_the_event_data_filter_is_served_by_the_gin_index(db):
+    from sqlalchemy.dialects.postgresql.asyncpg import dialect
+
+    compiled = build_select(AuditQuery(event_data={"channel": "email", "attempt": "3"})).compile(dialect=dialect())
+    assert "event_data @>" in str(compiled)
+    values = [compiled.params[name] for name in compiled.positiontup]
+    values = [json.dumps(v) if isinstance(v, dict) else v for v in values]
+    await db.execute("SET enable_seqscan = off")
+    plan = "\n".join(row[0] for row in await db.fetch("EXPLAIN " + str(compiled), *values))
+    assert "Bitmap Index Scan on audit_events_" in plan and "event_data_idx" in plan, plan
+
+
+async def test_the_event_data_filter_is_in_the_openapi_document(api):
+    operation = (await api.get("/openapi.json")).json()["paths"]["/api/v1/audit-events"]["get"]
+    assert "event_data.<key>=<value>" in operation["description"]
+    assert [p["name"] for p in operation["x-query-parameter-patterns"]] == ["event_data.<key>"]

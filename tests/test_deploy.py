@@ -7,9 +7,11 @@ import re
 import shutil
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 import yaml
 
 from app.core.settings import PROJECT_ROOT, Settings
@@ -139,7 +141,8 @@ ALERTS = {"DatastorageDLQDepthHigh": "warning", "DatastorageWriteErrorRateHigh":
           "DatastorageStreamEntriesLost": "critical", "DatastorageStreamGroupRecreated": "warning",
           "DatastorageStreamEntryIdsAhead": "warning", "DatastorageConsumerFatalErrors": "critical",
           "DatastorageRetentionNotRunning": "warning",
-          "DatastorageAuditUnsealed": "critical", "DatastorageAuditSealingDisabled": "warning"}
+          "DatastorageAuditUnsealed": "critical", "DatastorageAuditSealingDisabled": "warning",
+          "DatastoragePartitionsEnsureStale": "warning"}
 
 
 def test_alert_rules_are_valid_and_cover_what_operators_watch():
@@ -157,6 +160,7 @@ def test_alert_rules_are_valid_and_cover_what_operators_watch():
     assert "datastorage_retention_last_success_timestamp_seconds) > 48 * 3600" in rules[
         "DatastorageRetentionNotRunning"]["expr"]
     assert "datastorage_audit_unsealed_oldest_age_seconds" in rules["DatastorageAuditUnsealed"]["expr"]
+    assert "> 86400" in rules["DatastoragePartitionsEnsureStale"]["expr"]
     promtool = shutil.which("promtool")
     if promtool:  # ops/dev/setup.sh installs it where it can (Debian's prometheus package)
         result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
@@ -190,8 +194,12 @@ async def test_every_dashboard_and_alert_metric_is_exposed_by_a_running_service(
         exposed |= {re.sub(r"_total$", "", name) + "_total" for name in exposed}  # counters' family names
         missing = sorted(name for name in wanted if name not in exposed and name.removesuffix("_total") not in exposed)
         assert not missing, missing
-        # The consumer's probes ask its metrics listener, which answers on any path.
+        # The consumer's probes ask its metrics listener: its own state, not any 200.
         assert urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/healthz", timeout=10).status == 200
+        assert urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=10).status == 200
+        with pytest.raises(urllib.error.HTTPError) as unknown:
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/anything", timeout=10)
+        assert unknown.value.code == 404
     finally:
         assert stop_with_ctrl_c(process) == 0
 

@@ -21,7 +21,7 @@ from app.api.access import PUBLIC, Requirement, RouteAccess
 from app.api.auth import Authenticator, Authorization, authenticator_for
 from app.api.denials import DeniedRequests
 from app.api.health import PodReadiness, health_routes
-from app.api.middleware import LongUrls, RequestMetrics, UnexpectedErrors
+from app.api.middleware import LongUrls, RequestContext, RequestMetrics, UnexpectedErrors
 from app.api.openapi import openapi_document
 from app.api.problems import EXCEPTION_HANDLERS
 from app.api.ratelimit import RateLimit, token_buckets
@@ -36,11 +36,13 @@ from app.catalog.embedding import EmbedderLoader, shared_loader
 from app.catalog.freshness import keep_embeddings_fresh
 from app.catalog.store import create_pool
 from app.catalog.text_index import TextIndexCache
+from app.core import metrics
 from app.core.db import create_engine
 from app.core.migrations import pending_migrations
 from app.core.read_replicas import ReadRouter, ReadSource
 from app.core.redis_client import create_redis
 from app.core.settings import Settings
+from app.core.upkeep import keep_gauges_fresh
 from app.ui import viewer_mount
 
 log = structlog.get_logger(__name__)
@@ -88,6 +90,7 @@ def create_app(settings: Settings, signer: Signer | None = None) -> Starlette:
         routes=routes,
         # Outermost first: metrics see every answer, auth says who asks, the limit counts per identity.
         middleware=[
+            Middleware(RequestContext),
             Middleware(RequestMetrics),
             Middleware(UnexpectedErrors),
             Middleware(LongUrls),
@@ -131,6 +134,8 @@ async def lifespan(
         acquire_timeout=settings.db_pool_timeout_s,
         timeout=settings.db_pool_timeout_s,
     )
+    metrics.count_connections("api_pool", lambda: pool.get_size() - pool.get_idle_size())
+    metrics.count_connections("api_engine", engine.pool.checkedout)  # type: ignore[attr-defined]
     writer = AuditWriter(configured_producer(settings, client), AuditStore(pool, signer))
     reads = await read_router(settings, ReadSource("primary", engine, pool, is_primary=True))
     verifier = signer.verifier if signer else None
@@ -146,6 +151,7 @@ async def lifespan(
         asyncio.create_task(denials.run(writer, stop)),
         # The retention gauges: the alert needs them from pods that live, not from the CronJob's.
         asyncio.create_task(retention.export_figures(pool, stop)),
+        asyncio.create_task(keep_gauges_fresh(pool, stop)),
     ]
     if reads.replicas:
         workers.append(asyncio.create_task(reads.keep_measuring(stop, settings.read_replica_check_interval_s)))
@@ -162,6 +168,8 @@ async def lifespan(
             await replica.engine.dispose()
         if authenticator is not None:
             await authenticator.aclose()
+        metrics.count_connections("api_pool", None)
+        metrics.count_connections("api_engine", None)
         await pool.close()
         await client.aclose()
         await engine.dispose()

@@ -1,18 +1,19 @@
 """`/api/v1/audit-events`: query the trail, read one event, write events (through the stream)."""
 
-import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import orjson
+import structlog
 from pydantic import BaseModel, BeforeValidator, Field, RootModel, ValidationError, WithJsonSchema
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from app.api import middleware
 from app.api.access import AUDIT_READ, AUDIT_WRITE
-from app.api.inputs import QueryInt, parse_query, query_values, read_json_body
+from app.api.inputs import QueryInt, error_location, parse_query, query_values, read_json_body
 from app.api.openapi import Operation, Reply
 from app.api.problems import Problem
 from app.api.resources import resources
@@ -20,6 +21,8 @@ from app.audit.event import AuditEvent, ValidationLimits, describe_validation_er
 from app.audit.identity import DERIVABLE, Submission
 from app.audit.query import (
     DEFAULT_PAGE_SIZE,
+    EVENT_DATA_PREFIX,
+    MAX_EVENT_DATA_FILTERS,
     MAX_PAGE_SIZE,
     TIME_BOUND_PATTERN,
     AuditFilters,
@@ -35,7 +38,6 @@ from app.audit.store import DuplicateEventIds
 from app.core.read_replicas import ReadSource
 
 MAX_EVENTS_PER_REQUEST = 1000
-_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 RECORD_REF = {"$ref": "#/components/schemas/AuditEventRecord"}
 
 TimeBound = Annotated[
@@ -77,14 +79,39 @@ class AuditEventsBody(
     """One event, or an array of them (documentation: the handler validates item by item)."""
 
 
+def event_data_filters(values: dict[str, str]) -> dict[str, str]:
+    """Takes the `event_data.<key>=<value>` parameters out of `values`: {key: value}."""
+    found = {name: values.pop(name) for name in list(values) if name.startswith(EVENT_DATA_PREFIX)}
+    if len(found) > MAX_EVENT_DATA_FILTERS:
+        raise Problem(400, f"event_data: at most {MAX_EVENT_DATA_FILTERS} filters", parameter="event_data")
+    filters = {}
+    for name, value in found.items():
+        key = name.removeprefix(EVENT_DATA_PREFIX)
+        if not key or len(key) > 255:
+            raise Problem(400, f"{name}: the key must be 1 to 255 characters", parameter=name)
+        if len(value) > 1024:
+            raise Problem(400, f"{name}: at most 1024 characters", parameter=name)
+        filters[key] = value
+    return filters
+
+
 def list_query(request: Request, max_future_skew: timedelta) -> AuditQuery:
-    params = parse_query(AuditEventListQuery, query_values(request))
+    values = query_values(request)
+    data_filters = event_data_filters(values)
+    params = parse_query(AuditEventListQuery, values)
     if params.since and params.until and params.since >= params.until:
         raise Problem(400, "since: must be earlier than until", parameter="since")
     latest = (datetime.now(UTC) + max_future_skew).date()
     filters = params.model_dump(include=set(AuditFilters.model_fields), exclude_none=True)
     return AuditQuery(
-        filters, params.since, params.until, params.order, params.limit, params.cursor, latest_event_date=latest
+        filters,
+        params.since,
+        params.until,
+        params.order,
+        params.limit,
+        params.cursor,
+        event_data=data_filters,
+        latest_event_date=latest,
     )
 
 
@@ -137,25 +164,23 @@ async def get_audit_event(request: Request) -> Response:
 
 def trace_context(request: Request) -> dict[str, str]:
     """trace_id and span_id from a W3C `traceparent` header, if it is well formed."""
-    match = _TRACEPARENT.match(request.headers.get("traceparent", "").strip().lower())
-    if not match or set(match[1]) == {"0"} or set(match[2]) == {"0"}:
-        return {}
-    return {"trace_id": match[1], "span_id": match[2]}
+    return middleware.trace_context(request.headers.get("traceparent", ""))
 
 
 def validate_events(items: list, limits: ValidationLimits, trace: dict[str, str]) -> list[Submission]:
     submissions = []
     for index, item in enumerate(items):
         if not isinstance(item, dict):
-            raise Problem(400, f"item {index}: must be a JSON object", index=index)
+            raise Problem(400, f"item {index}: must be a JSON object", index=index, field="body")
         if trace and "trace_id" not in item:
             item = {**trace, **item}
         try:
             event = AuditEvent.model_validate(item, context=limits)
         except ValidationError as error:
-            first = error.errors(include_url=False)[0]
-            field = ".".join(str(part) for part in first["loc"]) or None
-            raise Problem(400, f"item {index}: {describe_validation_error(error)}", index=index, field=field) from None
+            field, _ = error_location(error.errors(include_url=False)[0])
+            raise Problem(
+                400, f"item {index}: {describe_validation_error(error)}", index=index, field=field or None
+            ) from None
         submissions.append(Submission(event, frozenset(name for name in DERIVABLE if item.get(name) is None)))
     return submissions
 
@@ -166,12 +191,16 @@ async def create_audit_events(request: Request) -> Response:
     single = isinstance(body, dict)
     items = [body] if single else body
     if not isinstance(items, list):
-        raise Problem(400, "the body must be an event object or an array of them")
+        raise Problem(400, "the body must be an event object or an array of them", field="body")
     if not items:
-        raise Problem(400, "the array holds no events")
+        raise Problem(400, "the array holds no events", field="body")
     if len(items) > MAX_EVENTS_PER_REQUEST:
-        raise Problem(400, f"at most {MAX_EVENTS_PER_REQUEST} events per request")
+        raise Problem(400, f"at most {MAX_EVENTS_PER_REQUEST} events per request", field="body")
     submissions = validate_events(items, found.settings.validation_limits, trace_context(request))
+    correlation_ids = {s.event.correlation_id for s in submissions}
+    if len(correlation_ids) == 1 and None not in correlation_ids:
+        # One remediation's events: every line logged while writing them carries its id.
+        structlog.contextvars.bind_contextvars(correlation_id=correlation_ids.pop())
     ids = [str(s.event.event_id) for s in submissions]
     try:
         status = await found.writer.write(submissions)  # StoresUnavailable: a 503 (app/api/problems.py)
@@ -203,7 +232,15 @@ operations = [
         "listAuditEvents",
         "Query the audit trail",
         {200: Reply("a page of events", AuditEventPage)},
+        description=(
+            "Besides the parameters below, `event_data.<key>=<value>` filters on a top-level key of "
+            "event_data (containment, served by the jsonb_path_ops GIN index): the value matches a JSON "
+            "string equal to it, or a number or boolean when it reads as one (`event_data.attempt=3` "
+            'matches 3 and "3"; `event_data.dry_run=true` matches true and "true"). Several may be '
+            f"given (at most {MAX_EVENT_DATA_FILTERS}); all must match."
+        ),
         query=AuditEventListQuery,
+        query_patterns={"event_data.<key>": "a top-level key of event_data equal to this value (see the description)"},
         scope=AUDIT_READ,
     ),
     Operation(

@@ -5,6 +5,7 @@ validate with them and the OpenAPI document (`app/api/openapi.py`) is generated 
 """
 
 import json
+import re
 from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ValidationError
@@ -30,11 +31,25 @@ def _whole_number(value: Any) -> Any:
 QueryInt = Annotated[int, BeforeValidator(_whole_number)]
 
 
+_NAMED_MESSAGE = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*): ")
+
+
+def error_location(item: Any) -> tuple[str, str]:
+    """(the field, the message) of one pydantic error. A model-level check has no location: its
+    message names the field (`event_timestamp: is more than …`), so the field is taken from there."""
+    name = ".".join(str(part) for part in item["loc"])
+    message = item["msg"].removeprefix("Value error, ")
+    if not name and (match := _NAMED_MESSAGE.match(message)):
+        name, message = match[1], message[match.end() :]
+    return name, message
+
+
 def problem_from(error: ValidationError, *, unknown: str = "unknown field") -> Problem:
     """A 400 naming the first bad parameter or field, in words."""
     first = error.errors(include_url=False)[0]
-    name = ".".join(str(part) for part in first["loc"])
-    message = unknown if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
+    name, message = error_location(first)
+    if first["type"] == "extra_forbidden":
+        message = unknown
     return Problem(400, f"{name}: {message}" if name else message, parameter=name or None)
 
 
@@ -69,7 +84,7 @@ def parse_query(model: type[Model], values: dict[str, Any]) -> Model:
 def parse_body(model: type[Model], body: Any) -> Model:
     """A JSON body: numbers must be numbers and texts texts (strict), unknown fields refused."""
     if not isinstance(body, dict):
-        raise Problem(400, "the body must be a JSON object")
+        raise Problem(400, "the body must be a JSON object", field="body")
     try:
         return model.model_validate(body, strict=True)
     except ValidationError as error:
@@ -91,4 +106,4 @@ async def read_json_body(request: Request, max_bytes: int) -> Any:
     try:
         return loads_exact(body)
     except json.JSONDecodeError as error:
-        raise Problem(400, f"the body is not valid JSON ({error})") from None
+        raise Problem(400, f"the body is not valid JSON ({error})", field="body") from None

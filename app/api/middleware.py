@@ -1,15 +1,19 @@
 """Small ASGI middlewares: request metrics, answers to unexpected errors, long URLs (auth:
 app/api/auth.py; rate limits: app/api/ratelimit.py)."""
 
+import re
 import time
 import urllib.parse
 
+import structlog
 from starlette.requests import Request
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.problems import Problem, handle_unexpected, problem_response
 from app.core import metrics
+
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 
 
 class RequestMetrics:
@@ -39,6 +43,38 @@ class RequestMetrics:
             labels = (scope["method"], getattr(route, "path", "unmatched"), str(status))
             metrics.HTTP_REQUESTS.labels(*labels).inc()
             metrics.HTTP_REQUEST_DURATION.labels(*labels).observe(time.perf_counter() - started)
+
+
+class RequestContext:
+    """Binds the request's `trace_id` (W3C traceparent) and `correlation_id` (the query parameter,
+    or an X-Correlation-ID header) to every log line written while it is handled (structlog
+    contextvars); a write of events with one correlation id binds it in its handler."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        context = {}
+        trace = trace_context(request.headers.get("traceparent", ""))
+        if trace:
+            context["trace_id"] = trace["trace_id"]
+        correlation_id = request.query_params.get("correlation_id") or request.headers.get("x-correlation-id")
+        if correlation_id:
+            context["correlation_id"] = correlation_id[:255]
+        with structlog.contextvars.bound_contextvars(**context):
+            await self.app(scope, receive, send)
+
+
+def trace_context(traceparent: str) -> dict[str, str]:
+    """trace_id and span_id from a W3C `traceparent` header, if it is well formed."""
+    match = _TRACEPARENT.match(traceparent.strip().lower())
+    if not match or set(match[1]) == {"0"} or set(match[2]) == {"0"}:
+        return {}
+    return {"trace_id": match[1], "span_id": match[2]}
 
 
 class UnexpectedErrors:

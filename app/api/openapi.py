@@ -45,6 +45,9 @@ class Operation:
     query: type[BaseModel] | None = None
     path_formats: dict[str, str] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
+    # Families of query parameters named by a pattern (`event_data.<key>`): listed in the
+    # extension x-query-parameter-patterns, since OpenAPI has no parameter with a variable name.
+    query_patterns: dict[str, str] = field(default_factory=dict)
     body: type[BaseModel] | None = None
     # Open to everyone (health): no bearer token, no 400 for bad parameters.
     public: bool = False
@@ -127,6 +130,11 @@ def _operation(operation: Operation, refs: dict, auth: bool) -> dict[str, Any]:
         responses.setdefault("503", _response(Reply("a store or the authoriser is unavailable; see Retry-After"), refs))
     if parameters:
         document["parameters"] = parameters
+    if operation.query_patterns:
+        document["x-query-parameter-patterns"] = [
+            {"name": name, "in": "query", "schema": {"type": "string"}, "description": text}
+            for name, text in operation.query_patterns.items()
+        ]
     if operation.body is not None:
         # Every JSON body is read by app/api/inputs.py:read_json_body, which answers these.
         responses.setdefault("413", _response(Reply("the body is too large"), refs))

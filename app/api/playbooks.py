@@ -25,7 +25,7 @@ from app.catalog.search import (
     is_degraded,
     search,
 )
-from app.catalog.store import latest_active, one_version, versions
+from app.catalog.store import latest_version, one_version, versions
 
 MAX_SEARCH_BODY_BYTES = 64 * 1024
 LABEL_PREFIX = "label."
@@ -146,9 +146,9 @@ async def search_post(request: Request) -> Response:
 async def get_playbook(request: Request) -> Response:
     playbook_id = path_text(request, "playbook_id")
     async with resources(request).pool.acquire() as conn:
-        row = await latest_active(conn, playbook_id)
+        row = await latest_version(conn, playbook_id)
     if row is None:
-        raise Problem(404, f"no active playbook {playbook_id!r}")
+        raise Problem(404, f"no playbook {playbook_id!r}")
     return JSONResponse(record_json(row))
 
 
@@ -205,8 +205,8 @@ operations = [
     Operation(
         "GET /api/v1/playbooks/{playbook_id}",
         "getPlaybook",
-        "The latest active version of a playbook",
-        {200: Reply("the playbook", PlaybookRecord), 404: Reply("no active version of this playbook")},
+        "The latest version of a playbook (is_latest_version), whatever its status",
+        {200: Reply("the playbook", PlaybookRecord), 404: Reply("no such playbook")},
         scope=PLAYBOOKS_READ,
     ),
     Operation(

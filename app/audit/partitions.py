@@ -11,6 +11,8 @@ from datetime import date
 
 import asyncpg
 
+from app.core.upkeep import PARTITIONS_ENSURE, record_success
+
 
 def month_start(day: date) -> date:
     return day.replace(day=1)
@@ -38,7 +40,10 @@ async def ensure_partitions(conn: asyncpg.Connection, days: Iterable[date]) -> l
 async def ensure_upcoming_partitions(conn: asyncpg.Connection, months_ahead: int) -> list[str]:
     """The current month (by the database's clock, in UTC) and the `months_ahead` after it."""
     today = await conn.fetchval("SELECT (now() AT TIME ZONE 'UTC')::date")
-    return await ensure_partitions(conn, upcoming_months(today, months_ahead))
+    names = await ensure_partitions(conn, upcoming_months(today, months_ahead))
+    # Whoever ensured them (the CronJob, migrate, `run`): the alert watches that someone did.
+    await record_success(conn, PARTITIONS_ENSURE, months_ahead=months_ahead, last=names[-1] if names else None)
+    return names
 
 
 @dataclass(frozen=True)

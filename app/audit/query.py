@@ -7,6 +7,7 @@ applied to event_date, the partition key, so Postgres reads only the partitions 
 """
 
 import base64
+import math
 import re
 import uuid
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import ColumnElement, Select, Table, Text, TextClause, cast, select, tuple_
+from sqlalchemy import ColumnElement, Select, Table, Text, TextClause, cast, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.audit.event import ActorType, EventOutcome, parse_rfc3339, utc_representable
@@ -51,6 +52,26 @@ class AuditFilters(BaseModel):
 
 
 FILTERS: tuple[str, ...] = tuple(AuditFilters.model_fields)
+
+# `event_data.<key>=<value>` (Kubernaut's detail_key/detail_value): containment on a top-level key,
+# served by the jsonb_path_ops GIN index on event_data (schema/001).
+EVENT_DATA_PREFIX = "event_data."
+MAX_EVENT_DATA_FILTERS = 16
+_JSON_NUMBER = re.compile(r"^-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?$")
+
+
+def event_data_candidates(key: str, value: str) -> list[dict[str, Any]]:
+    """The objects an event_data filter matches by containment: the value as a JSON string, and
+    as a number or boolean when it reads as one (`5` matches {"k": 5} and {"k": "5"})."""
+    candidates: list[dict[str, Any]] = [{key: value}]
+    if value in ("true", "false"):
+        candidates.append({key: value == "true"})
+    elif _JSON_NUMBER.match(value):
+        number = orjson.loads(value) if len(value) < 64 else None
+        if isinstance(number, int) or (isinstance(number, float) and math.isfinite(number)):
+            candidates.append({key: number})
+    return candidates
+
 
 # A time bound: RFC 3339, or a duration back from now.
 RELATIVE_TIME = r"(\d{1,6})([smhdw])"
@@ -105,6 +126,8 @@ class AuditQuery:
     order: Order = "desc"
     limit: int = DEFAULT_PAGE_SIZE
     after: Cursor | None = None
+    # event_data.<key>=<value> filters: every one must match (app/audit/query.py:event_data_candidates).
+    event_data: dict[str, str] = field(default_factory=dict)
     # No stored event is dated later than this (timestamps are validated against the clock):
     # bounding event_date keeps the empty future partitions out of an open-ended query.
     latest_event_date: date | None = None
@@ -128,6 +151,8 @@ def filtered(statement: Select, query: AuditQuery, t: Table = audit_events_all) 
     """`statement` with the query's filters and time bounds (which also bound the partitions read)."""
     for name, value in query.filters.items():
         statement = statement.where(t.c[name] == value)
+    for key, value in query.event_data.items():
+        statement = statement.where(or_(*(t.c.event_data.contains(c) for c in event_data_candidates(key, value))))
     if query.since is not None:
         statement = statement.where(t.c.event_timestamp >= query.since, t.c.event_date >= _utc_date(query.since))
     if query.until is not None:

@@ -17,8 +17,10 @@ import redis
 import structlog
 
 from app.audit.identity import Submission
+from app.audit.old_events import log_old_events
 from app.audit.store import AuditStore, DuplicateEventIds
 from app.audit.wire import encode_submission
+from app.core import metrics
 from app.core.redis_client import RedisClient
 from app.core.settings import Settings
 from app.core.sqlstate import describe_store_error
@@ -56,12 +58,13 @@ class AuditWriter:
         those ids (through the stream, the consumer dead-letters them instead)."""
         try:
             await self.producer.publish_entries(encode_submission(s) for s in submissions)
+            # Into the stream: the consumer stores them (and logs the old ones when it does).
             return "accepted"
         except (redis.RedisError, redis.exceptions.RedisClusterException, NotReplicated) as redis_error:
             # Any Redis failure means the stream may not hold them: Postgres can.
             redis_said = describe_store_error(redis_error)
         try:
-            await self.store.insert(submissions, refuse_conflicts=True)
+            result = await self.store.insert(submissions, refuse_conflicts=True)
         except DuplicateEventIds:
             raise
         except Exception as db_error:  # noqa: BLE001 - whatever failed, neither store took them
@@ -73,4 +76,8 @@ class AuditWriter:
             )
             raise StoresUnavailable() from None
         log.warning("redis_unavailable_wrote_to_postgres", events=len(submissions), error=redis_said)
+        # Rows written here never pass the consumer: counted here, as the consumer counts its own.
+        metrics.AUDIT_WRITES.labels("stored").inc(len(result.stored))
+        metrics.AUDIT_WRITES.labels("duplicate").inc(len(result.duplicates))
+        log_old_events(result.stored, path="http")
         return "stored"

@@ -18,12 +18,27 @@ PlaybookStatus = Literal["active", "disabled", "deprecated", "archived"]
 PLAYBOOK_STATUSES: tuple[str, ...] = get_args(PlaybookStatus)
 
 
+# A playbook's content is a runbook, not a data store: 1 MiB by default
+# (DATASTORAGE_PLAYBOOK_MAX_CONTENT_BYTES).
+MAX_CONTENT_BYTES = 1024 * 1024
+
+
 class CatalogError(ValueError):
     pass
 
 
 def parse_version(version: str) -> semver.Version:
     return semver.Version.parse(version.removeprefix("v"))
+
+
+def canonical_version(version: str) -> str:
+    """The version as semantic versioning compares it: no leading v, no build metadata, so that
+    v1.0.0, 1.0.0 and 1.0.0+build.7 are one version (as schema/007's playbook_version_canonical)."""
+    return version.removeprefix("v").removeprefix("V").split("+", 1)[0]
+
+
+def content_bytes(entry: "PlaybookEntry") -> int:
+    return len(entry.content.encode())
 
 
 def version_key(version: str) -> tuple:

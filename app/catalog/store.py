@@ -9,7 +9,14 @@ from collections.abc import Iterable
 import asyncpg
 from pgvector.asyncpg import register_vector
 
-from app.catalog.playbook import ENTRY_COLUMNS, SELECT_RECORD, CatalogError, PlaybookEntry, version_key
+from app.catalog.playbook import (
+    ENTRY_COLUMNS,
+    SELECT_RECORD,
+    CatalogError,
+    PlaybookEntry,
+    canonical_version,
+    version_key,
+)
 from app.core.db import asyncpg_dsn
 
 
@@ -65,25 +72,33 @@ async def upsert_entries(conn: asyncpg.Connection, entries: list[PlaybookEntry],
     """Writes the versions (one transaction); returns how many rows changed. A version whose
     content differs from the stored one is refused unless `force`: a published version is a
     promise about what runs."""
-    keys = [(e.playbook_id, e.version) for e in entries]
+    keys = [(e.playbook_id, canonical_version(e.version)) for e in entries]
     if len(set(keys)) != len(keys):
         raise CatalogError("the same playbook version appears twice")
+    # Stored versions by canonical spelling: v1.0.0 and 1.0.0 are one row, kept as first written.
     stored = {
-        (r["playbook_id"], r["version"]): r["content_hash"]
+        (r["playbook_id"], r["version_canonical"]): (r["version"], r["content_hash"])
         for r in await conn.fetch(
-            "SELECT playbook_id, version, content_hash FROM playbook_catalog "
-            "WHERE (playbook_id, version) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+            "SELECT playbook_id, version, version_canonical, content_hash FROM playbook_catalog "
+            "WHERE (playbook_id, version_canonical) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
             [k[0] for k in keys],
             [k[1] for k in keys],
         )
     }
-    for entry in entries:
-        known = stored.get((entry.playbook_id, entry.version))
-        if known and known != hashlib.sha256(entry.content.encode()).hexdigest() and not force:
+    written = []
+    for entry, key in zip(entries, keys, strict=True):
+        known = stored.get(key)
+        if known is None:
+            written.append(entry)
+            continue
+        spelling, content_hash = known
+        if content_hash != hashlib.sha256(entry.content.encode()).hexdigest() and not force:
             raise CatalogError(
                 f"{entry.playbook_id} {entry.version}: the content differs from the stored "
-                "version; publish a new version, or pass --force"
+                f"version {spelling}; publish a new version, or pass --force"
             )
+        written.append(entry.model_copy(update={"version": spelling}))
+    entries = written
     changed = 0
     async with conn.transaction():
         for entry in entries:
@@ -138,7 +153,19 @@ async def latest_active(conn: asyncpg.Connection, playbook_id: str) -> asyncpg.R
     return active[0] if active else None
 
 
-async def one_version(conn: asyncpg.Connection, playbook_id: str, version: str) -> asyncpg.Record | None:
+async def latest_version(conn: asyncpg.Connection, playbook_id: str) -> asyncpg.Record | None:
+    """The playbook's latest version (`is_latest_version`, the plan's meaning), whatever its
+    status: the body says the status; search offers it only while it is active."""
     return await conn.fetchrow(
-        f"SELECT {SELECT_RECORD} FROM playbook_catalog WHERE playbook_id = $1 AND version = $2", playbook_id, version
+        f"SELECT {SELECT_RECORD} FROM playbook_catalog WHERE playbook_id = $1 AND is_latest_version", playbook_id
+    )
+
+
+async def one_version(conn: asyncpg.Connection, playbook_id: str, version: str) -> asyncpg.Record | None:
+    """A version under any spelling of it (v1.0.0, 1.0.0, 1.0.0+build.7)."""
+    return await conn.fetchrow(
+        f"SELECT {SELECT_RECORD} FROM playbook_catalog WHERE playbook_id = $1 "
+        "AND version_canonical = playbook_version_canonical($2)",
+        playbook_id,
+        version,
     )

@@ -5,6 +5,7 @@ A dead letter is named by its entry id, or `shard:id` when it is in a shard's DL
 """
 
 import json
+import sys
 from typing import Annotated
 
 import typer
@@ -18,6 +19,12 @@ from app.streams.dlq import NOT_REPLAYABLE
 from app.streams.operations import DeadLetterEntry, dlq_list, dlq_purge, dlq_replay, dlq_show, iterate_dead_letters
 
 dlq_cli = typer.Typer(help="The dead-letter stream: inspect, replay, purge.", no_args_is_help=True)
+
+
+class UnknownDeadLetters(Exception):
+    def __init__(self, names: list[str]):
+        super().__init__(", ".join(names))
+        self.names = names
 
 
 def _as_json(entry: DeadLetterEntry) -> dict:
@@ -73,7 +80,11 @@ def replay(
 
     async def work(client: RedisClient) -> tuple[int, int]:
         if entry_ids:
-            entries = [e for e in [await dlq_show(client, keys, name) for name in entry_ids] if e]
+            found = [await dlq_show(client, keys, name) for name in entry_ids]
+            unknown = [name for name, entry in zip(entry_ids, found, strict=True) if entry is None]
+            if unknown:
+                raise UnknownDeadLetters(unknown)
+            entries = [e for e in found if e]
         else:
             entries = [e async for e in iterate_dead_letters(client, keys, reason=reason)]
         with Progress() as progress:
@@ -83,6 +94,9 @@ def replay(
 
     try:
         moved, selected = with_redis(settings, work)
+    except UnknownDeadLetters as error:
+        typer.echo(f"no dead letter {', '.join(error.names)}: nothing replayed", err=True)
+        raise typer.Exit(1) from None
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="ENTRY_IDS") from None
     target = "the streams of their shards" if keys.sharded else keys.stream
@@ -110,6 +124,10 @@ def purge(
     """Delete dead letters for good (from every shard's DLQ)."""
     settings = load_settings()
     if not yes:
+        if sys.stdin is None or sys.stdin.closed or not sys.stdin.isatty():
+            # Nobody to ask (a script, a closed stdin): refuse rather than read an answer from nowhere.
+            typer.echo("purge: no terminal to confirm on; pass --yes to purge without asking", err=True)
+            raise typer.Exit(1)
         what = f"dead letters with reason {reason!r}" if reason else "ALL dead letters"
         where = "every shard's DLQ" if settings.stream_keys.sharded else settings.dlq_stream
         typer.confirm(f"delete {what} from {where} for good?", abort=True)

@@ -13,6 +13,9 @@ from app.audit.self_audit import Action
 from app.cli.common import load_settings, with_postgres
 from app.cli.retention import ALLOW_SHORTER, check_floor, drop_or_apply
 
+# 100 years: any real retention; beyond, the cut-off date would leave the calendar.
+MAX_RETENTION_MONTHS = 1200
+
 partitions_cli = typer.Typer(help="Monthly partitions of audit_events.", no_args_is_help=True)
 
 
@@ -56,9 +59,11 @@ def drop(
     The manual form of `retention apply`: rows under a legal hold move to the archive first, a
     retention below DATASTORAGE_RETENTION_FLOOR_DAYS is refused without --allow-shorter, and each
     drop is recorded in the integrity chain and in the self-audit trail."""
-    match = re.fullmatch(r"(\d+)mo", older_than.strip())
-    if not match or int(match[1]) < 1:
-        raise typer.BadParameter("give months, 1mo or more, e.g. 13mo", param_hint="--older-than")
+    match = re.fullmatch(r"(\d{1,6})mo", older_than.strip())
+    if not match or not 1 <= int(match[1]) <= MAX_RETENTION_MONTHS:
+        raise typer.BadParameter(
+            f"give months, 1mo or more (at most {MAX_RETENTION_MONTHS}mo), e.g. 13mo", param_hint="--older-than"
+        )
     months = int(match[1])
     settings = load_settings()
     today = datetime.now(UTC).date()

@@ -32,6 +32,7 @@ def import_(
                 database_url(settings),
                 file,
                 force=force,
+                max_content_bytes=settings.playbook_max_content_bytes,
                 embedder=lambda: Embedder(settings.embedding_backend, settings.model_cache_dir),
             )
         )

@@ -1,10 +1,21 @@
-"""Every Prometheus metric of the service, in one place (names follow Prometheus conventions)."""
+"""Every Prometheus metric of the service, in one place (names follow Prometheus conventions).
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+Each process exports what it knows of itself: the consumer its batches, the API its requests and
+its write-throughs, both their Postgres connections. The metrics port also answers `/healthz` and
+`/readyz` from the probes the process registered (`set_probe`): a consumer pod's readiness is the
+consumer's, not any 200 of a metrics listener.
+"""
+
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 
 AUDIT_WRITES = Counter(
     "datastorage_audit_writes_total",
-    "Audit stream entries by outcome: stored (new row), duplicate (row existed), dead_lettered.",
+    "Audit events by outcome: stored (new row), duplicate (row existed), dead_lettered; whether the "
+    "consumer wrote them or the API wrote them through to Postgres while Redis was down.",
     ["outcome"],
 )
 AUDIT_WRITE_ERRORS = Counter(
@@ -90,6 +101,19 @@ READ_REPLICA_USABLE = Gauge(
     ["replica"],
 )
 DB_CONNECTIONS_IN_USE = Gauge("datastorage_db_connections_in_use", "Postgres connections of this process in use.")
+# Every pool of the process (the consumer's, the API's asyncpg pool and SQLAlchemy engine): the
+# gauge is their sum, so `run` (both in one process) counts both.
+_CONNECTION_SOURCES: dict[str, Callable[[], int]] = {}
+DB_CONNECTIONS_IN_USE.set_function(lambda: sum(count() for count in list(_CONNECTION_SOURCES.values())))
+
+
+def count_connections(name: str, in_use: Callable[[], int] | None) -> None:
+    """Adds (or with None removes) a pool to datastorage_db_connections_in_use."""
+    if in_use is None:
+        _CONNECTION_SOURCES.pop(name, None)
+    else:
+        _CONNECTION_SOURCES[name] = in_use
+
 
 HTTP_REQUESTS = Counter(
     "datastorage_http_requests_total",
@@ -181,7 +205,50 @@ PLAYBOOK_STALE_EMBEDDINGS = Gauge(
 )
 
 
+UPKEEP_LAST_SUCCESS = Gauge(
+    "datastorage_upkeep_last_success_timestamp_seconds",
+    "When a periodic upkeep task (partitions_ensure) last succeeded, as recorded in Postgres; 0: never.",
+    ["task"],
+)
+
+# Probes the metrics port answers: name -> None (passing) or why not. Unregistered: 404.
+_PROBES: dict[str, Callable[[], str | None]] = {"healthz": lambda: None}
+
+
+def set_probe(name: str, check: Callable[[], str | None]) -> None:
+    """`/<name>` on the metrics port answers 200 while `check()` is None, else 503 with its text."""
+    _PROBES[name] = check
+
+
+class _MetricsHandler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0].strip("/")
+        if path == "metrics":
+            self._answer(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+        elif path in _PROBES:
+            try:
+                failing = _PROBES[path]()
+            except Exception as error:  # noqa: BLE001 - a probe that fails is a failing probe
+                failing = f"{type(error).__name__}: {error}"
+            self._answer(503 if failing else 200, (failing or "ok").encode() + b"\n", "text/plain")
+        else:
+            self._answer(404, b"not found: /metrics, /healthz, /readyz\n", "text/plain")
+
+    def _answer(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:
+        pass
+
+
 def start_metrics_server(port: int) -> None:
-    """Serves /metrics on `port` in a thread (0: not at all, e.g. several consumers in one test)."""
+    """Serves /metrics and the probes on `port` in a thread (0: not at all, e.g. several
+    consumers in one test)."""
     if port:
-        start_http_server(port)
+        server = ThreadingHTTPServer(("0.0.0.0", port), _MetricsHandler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()

@@ -16,6 +16,7 @@ import structlog
 
 from app.audit.partitions import ensure_upcoming_partitions
 from app.core.db import connect
+from app.core.requirements import check_server
 
 log = structlog.get_logger(__name__)
 
@@ -110,6 +111,7 @@ async def migrate_database(url: str, schema_dir: Path, *, months_ahead: int) -> 
     current month's partition and the next `months_ahead` exist."""
     conn = await connect(url)
     try:
+        await check_server(conn)  # before anything is created: a clear refusal (RequirementError)
         applied = await apply_migrations(conn, schema_dir)
         await ensure_upcoming_partitions(conn, months_ahead)
         return applied

@@ -1,16 +1,19 @@
 """Every setting of the service, read from `DATASTORAGE_*` environment variables."""
 
+import contextlib
 import os
 import socket
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.audit.event import ValidationLimits
+from app.catalog.playbook import MAX_CONTENT_BYTES
 from app.streams.keys import StreamKeys
 
 # The checkout's root: `schema/` lives here, and the embedded servers keep their data below it.
@@ -186,6 +189,8 @@ class Settings(BaseSettings):
     # data_dir (which a fresh `datastorage run` may start from scratch).
     model_cache_dir: Path = USER_CACHE_DIR / "datastorage" / "models"
     embedding_sweep_interval_s: float = Field(default=30.0, gt=0)
+    # A playbook version's content is refused beyond this many bytes (UTF-8).
+    playbook_max_content_bytes: int = Field(default=MAX_CONTENT_BYTES, ge=1024)
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # auto: readable in a terminal, JSON otherwise (production, CI, pipes).
@@ -217,15 +222,32 @@ class Settings(BaseSettings):
 
     def require_database_url(self) -> str:
         if not self.database_url:
-            raise MissingSetting(
-                "DATASTORAGE_DATABASE_URL is not set (only `datastorage run` starts an embedded Postgres)"
-            )
+            raise MissingSetting(self._missing("DATASTORAGE_DATABASE_URL", "Postgres"))
         return self.database_url
 
     def require_redis_url(self) -> str:
         if not self.redis_url:
-            raise MissingSetting("DATASTORAGE_REDIS_URL is not set (only `datastorage run` starts an embedded Redis)")
+            raise MissingSetting(self._missing("DATASTORAGE_REDIS_URL", "Redis"))
         return self.redis_url
+
+    def _missing(self, variable: str, server: str) -> str:
+        return (
+            f"{variable} is not set and no `datastorage run` is up on {self.data_dir}. Start one "
+            f"(`.venv/bin/datastorage run` in another terminal, from the same folder or with the same "
+            f"DATASTORAGE_DATA_DIR) and this command uses its embedded {server}; or set "
+            "DATASTORAGE_DATABASE_URL and DATASTORAGE_REDIS_URL to your own servers."
+        )
+
+    def secret_values(self) -> list[str]:
+        """The passwords in the configured URLs and the API tokens: never logged (app/core/logs.py)."""
+        urls = (self.database_url, self.redis_url, *self.database_read_urls())
+        values = [urlsplit(url).password for url in urls if url]
+        values += [token.strip() for token in (self.api_tokens or "").split(",")]
+        if self.api_tokens_file is not None and self.api_tokens_file.is_file():
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                for line in self.api_tokens_file.read_text().splitlines():
+                    values += line.split("#", 1)[0].split()[:1]
+        return [value for value in values if value]
 
     def database_read_urls(self) -> list[str]:
         return (self.database_read_url or "").split()

@@ -11,6 +11,7 @@ pending), the servers last.
 import asyncio
 import contextlib
 import signal
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,12 +24,15 @@ from app.audit.event import EventOutcome
 from app.audit.integrity.keys import PRIVATE_KEY_FILE, Signer, generate_key_pair, load_signer
 from app.audit.partitions import ensure_upcoming_partitions
 from app.audit.self_audit import Action, Actor, operator_event
+from app.catalog.importer import SAMPLE_CATALOG, import_sample_catalog
 from app.cli.self_audit import write_event
 from app.core.db import connect, create_database
+from app.core.logs import mask_url
 from app.core.metrics import start_metrics_server
 from app.core.migrations import migrate_database
 from app.core.settings import Settings
-from app.local.embedded import EmbeddedPostgres, LocalRedis
+from app.local.embedded import EmbeddedPostgres, LocalRedis, ServerError
+from app.local.state import read_state, remove_state, this_process, write_state
 from app.ui.tail import end_live_tails
 from consumers.audit import AuditConsumer
 
@@ -44,9 +48,21 @@ RETENTION_FIRST_DELAY_S = 300.0
 RETENTION_RETRY_S = 3600.0
 
 
+def embedded(settings: Settings) -> bool:
+    """Whether `run` starts a server of its own (then it publishes its state file)."""
+    return settings.database_url is None or settings.redis_url is None
+
+
 def start_embedded_servers(settings: Settings, stack: contextlib.ExitStack) -> Settings:
     """Starts what the settings leave unset; returns settings naming both URLs."""
     database_url, redis_url = settings.database_url, settings.redis_url
+    if embedded(settings):
+        running = read_state(settings.data_dir)
+        if running is not None and running.alive():
+            raise ServerError(
+                f"a `datastorage run` (pid {running.pid}) is already up on {settings.data_dir}; "
+                "use it, stop it, or give this one another DATASTORAGE_DATA_DIR"
+            )
     if database_url is None:
         postgres = EmbeddedPostgres(settings.data_dir / "pgdata")
         postgres.start()
@@ -150,7 +166,19 @@ async def apply_retention(settings: Settings, signer: Signer | None) -> retentio
     return done
 
 
-async def serve_until_stopped(settings: Settings) -> int:
+async def import_sample(settings: Settings) -> None:
+    conn = await connect(settings.require_database_url())
+    try:
+        written = await import_sample_catalog(conn)
+    finally:
+        await conn.close()
+    if written:
+        log.info("sample_catalog_imported", versions=written, file=str(SAMPLE_CATALOG))
+
+
+async def serve_until_stopped(
+    settings: Settings, on_ready: Callable[[], None] = lambda: None, *, sample_catalog: bool = False
+) -> int:
     """Runs the parts until SIGINT/SIGTERM or a fatal error of the consumer; returns the exit code."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -161,10 +189,14 @@ async def serve_until_stopped(settings: Settings) -> int:
     )
     log.info(
         "service_ready",
-        database_url=settings.require_database_url(),
-        redis_url=settings.redis_url,
+        # Masked by the log processor too; said here so that no reader of this line wonders.
+        database_url=mask_url(settings.require_database_url()),
+        redis_url=mask_url(settings.require_redis_url()),
         migrations_applied=[m.version for m in applied],
     )
+    if sample_catalog:
+        await import_sample(settings)
+    on_ready()
     signer = load_signer(settings.audit_signing_key_file)
     http = InProcessServer(uvicorn_config(settings, create_app(settings, signer)))
     consumer = AuditConsumer(settings, signer)
@@ -191,10 +223,35 @@ async def serve_until_stopped(settings: Settings) -> int:
     return 1 if consumer.failed.is_set() else 0
 
 
-def run(settings: Settings) -> int:
+def publish_state(given: Settings, settings: Settings, stack: contextlib.ExitStack) -> None:
+    """On embedded servers: the state file the other commands find them by, removed on exit."""
+    if not embedded(given):
+        return
+    state = this_process(
+        database_url=settings.require_database_url(),
+        redis_url=settings.require_redis_url(),
+        http_port=settings.http_port,
+        metrics_port=settings.metrics_port,
+        audit_signing_key_file=str(settings.audit_signing_key_file) if settings.audit_signing_key_file else None,
+    )
+    path = write_state(settings.data_dir, state)
+    stack.callback(remove_state, settings.data_dir, state.pid)
+    log.info("run_state_written", path=str(path))
+
+
+def run(settings: Settings, *, sample_catalog: bool = True) -> int:
+    """`sample_catalog`: import the sample catalog into an empty catalog, on embedded defaults
+    only (never into servers someone else gave)."""
+    given = settings
     with contextlib.ExitStack() as stack:
         settings = start_embedded_servers(settings, stack)
         start_metrics_server(settings.metrics_port)
-        code = asyncio.run(serve_until_stopped(settings))
+        code = asyncio.run(
+            serve_until_stopped(
+                settings,
+                lambda: publish_state(given, settings, stack),
+                sample_catalog=sample_catalog and given.database_url is None and given.redis_url is None,
+            )
+        )
     log.info("service_stopped", exit_code=code)
     return code
