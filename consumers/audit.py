@@ -12,10 +12,11 @@ others' idle ones, the stream's upkeep, and the checkpoints of the seal chain.
 
 import asyncio
 import logging
+from dataclasses import dataclass
+from functools import partial
 
 import asyncpg
 import redis
-import redis.asyncio as aioredis
 import structlog
 from faststream import FastStream
 from faststream.redis import RedisBroker, StreamSub
@@ -27,9 +28,11 @@ from app.audit.store import AuditStore
 from app.core import metrics
 from app.core.db import asyncpg_dsn
 from app.core.logs import adopt_library_logger
+from app.core.redis_client import RedisClient, create_redis
 from app.core.settings import Settings
 from app.core.upkeep import keep_gauges_fresh
 from app.streams.attempts import Attempts, marker_key
+from app.streams.keys import StreamShard
 from consumers.ingestor import AuditIngestor
 from consumers.reader import StreamReader
 from consumers.upkeep import (
@@ -64,6 +67,21 @@ STREAM_DESCRIPTION = (
 READ_RETRY_S = 1.0
 
 
+@dataclass
+class Lane:
+    """One stream the consumer reads (the plain one, or a shard) with everything per stream: its
+    settings (`stream`, `dlq_stream` of that shard), reader and ingestor (attempts, retries, dead
+    letters to the shard's own DLQ). The rest of the consumer code runs unchanged per lane."""
+
+    settings: Settings
+    reader: StreamReader
+    ingestor: AuditIngestor
+
+
+def lane_settings(settings: Settings, shard: StreamShard) -> Settings:
+    return settings.model_copy(update={"stream": shard.stream, "dlq_stream": shard.dlq})
+
+
 class AuditConsumer:
     """The consumer's parts and their lifecycle; FastStream's hooks call these in order."""
 
@@ -76,12 +94,11 @@ class AuditConsumer:
             logger=FASTSTREAM_LOGGER,
             log_level=logging.DEBUG,
         )
-        self.redis = aioredis.from_url(settings.require_redis_url())
-        self.reader = StreamReader(
-            self.redis, settings.stream, settings.consumer_group, settings.consumer_name,
-            marker_key(settings.stream, settings.consumer_name), max_records=settings.batch_max_records,
-            max_bytes=settings.batch_max_bytes, max_entry_bytes=settings.max_entry_bytes,
-        )  # fmt: skip
+        # A Redis Cluster client with DATASTORAGE_REDIS_CLUSTER (each shard's keys share a slot).
+        self.redis: RedisClient = create_redis(settings)
+        # Every stream producers may write: the plain one, then each shard (DATASTORAGE_STREAM_SHARDS).
+        self.shards = [lane_settings(settings, shard) for shard in settings.stream_keys.read_shards]
+        self.lanes: list[Lane] = []
         self.app = FastStream(
             self.broker,
             logger=FASTSTREAM_LOGGER,
@@ -95,7 +112,6 @@ class AuditConsumer:
         self.app.on_shutdown(self.begin_shutdown)
         self.app.after_shutdown(self.close)
         self.pool: asyncpg.Pool | None = None
-        self._ingestor: AuditIngestor | None = None
         self._stop = asyncio.Event()
         self._background: list[asyncio.Task] = []
         # Set when a fatal error stopped the consumer: the process exits non-zero.
@@ -115,9 +131,10 @@ class AuditConsumer:
 
     @property
     def ingestor(self) -> AuditIngestor:
-        if self._ingestor is None:
+        """The plain stream's ingestor (the only one without shards)."""
+        if not self.lanes:
             raise RuntimeError("the consumer has not started")
-        return self._ingestor
+        return self.lanes[0].ingestor
 
     async def run(self) -> int:
         """Runs until SIGINT/SIGTERM or a fatal error; returns the process's exit code."""
@@ -132,36 +149,48 @@ class AuditConsumer:
         )
         pool = self.pool
         metrics.count_connections("consumer", lambda: pool.get_size() - pool.get_idle_size())
-        attempts = Attempts(self.redis, self.settings.stream, self.settings.consumer_group, self.settings.consumer_name)
-        self._ingestor = AuditIngestor(self.settings, self.redis, AuditStore(pool, self.signer), attempts)
-        await ensure_group(self.redis, self.settings.stream, self.settings.consumer_group)
-        log.info("consumer_starting", consumer=self.settings.consumer_name, stream=self.settings.stream,
+        store = AuditStore(pool, self.signer)
+        for settings in self.shards:
+            stream, group, name = settings.stream, settings.consumer_group, settings.consumer_name
+            reader = StreamReader(
+                self.redis, stream, group, name, marker_key(stream, name), max_records=settings.batch_max_records,
+                max_bytes=settings.batch_max_bytes, max_entry_bytes=settings.max_entry_bytes,
+            )  # fmt: skip
+            attempts = Attempts(self.redis, stream, group, name)
+            self.lanes.append(Lane(settings, reader, AuditIngestor(settings, self.redis, store, attempts)))
+        log.info("consumer_starting", consumer=self.settings.consumer_name,
+                 stream=",".join(lane.settings.stream for lane in self.lanes),
                  sealing=self.signer is not None)  # fmt: skip
-        # Before anything new is read: the pending entries first, in order.
-        await recover_own_pending(self.ingestor, self.reader)
+        for lane in self.lanes:
+            await ensure_group(self.redis, lane.settings.stream, lane.settings.consumer_group)
+            # Before anything new is read: the pending entries first, in order.
+            await recover_own_pending(lane.ingestor, lane.reader)
 
     async def start_background(self) -> None:
         stop, settings = self._stop, self.settings
-        self._background = [
-            asyncio.create_task(self._read_new()),
-            asyncio.create_task(run_periodically(
-                "claim", settings.claim_interval_s, stop,
-                lambda: claim_idle_entries(self.ingestor, self.reader, settings.claim_idle_ms))),
-            asyncio.create_task(run_periodically(
-                "stream_upkeep", settings.hygiene_interval_s, stop, lambda: upkeep_stream(self.redis, settings))),
-        ]  # fmt: skip
+        self._background = []
+        for lane in self.lanes:
+            self._background += [
+                asyncio.create_task(self._read_new(lane)),
+                asyncio.create_task(run_periodically(
+                    "claim", settings.claim_interval_s, stop,
+                    partial(claim_idle_entries, lane.ingestor, lane.reader, settings.claim_idle_ms))),
+                asyncio.create_task(run_periodically(
+                    "stream_upkeep", settings.hygiene_interval_s, stop,
+                    partial(upkeep_stream, self.redis, lane.settings))),
+            ]  # fmt: skip
         if self.pool is not None:  # the CronJob's last success, exported by consumer pods too
             self._background.append(asyncio.create_task(keep_gauges_fresh(self.pool, stop)))
         if self.signer is not None and self.pool is not None:
             checkpointer = Checkpointer(self.pool, self.redis, self.signer, settings)
             self._background.append(asyncio.create_task(checkpointer.run(stop)))
 
-    async def _read_new(self) -> None:
-        """The read loop: new entries in batches, until stopped; a fatal error stops the app."""
+    async def _read_new(self, lane: Lane) -> None:
+        """The read loop of one stream: new entries in batches, until stopped; a fatal error stops the app."""
         try:
             while not self._stop.is_set():
                 try:
-                    batch = await self.ingestor.read_and_process(lambda: self.reader.read("new"), redelivered=False)
+                    batch = await lane.ingestor.read_and_process(partial(lane.reader.read, "new"), redelivered=False)
                 except (redis.ConnectionError, redis.TimeoutError) as error:
                     log.warning("stream_read_failed", error=f"{type(error).__name__}: {error}")
                     await self._pause(READ_RETRY_S)
@@ -169,7 +198,7 @@ class AuditConsumer:
                 except redis.ResponseError as error:
                     if "NOGROUP" not in str(error):
                         raise
-                    await recreate_group(self.redis, self.settings.stream, self.settings.consumer_group)
+                    await recreate_group(self.redis, lane.settings.stream, lane.settings.consumer_group)
                     continue
                 if not batch.entries:
                     await self._pause(self.settings.batch_wait_ms / 1000)
@@ -188,8 +217,8 @@ class AuditConsumer:
     async def begin_shutdown(self) -> None:
         """Stop reading: a batch waiting for a retry gives up (stays pending); one being written
         finishes."""
-        if self._ingestor is not None:  # None when stopped before start-up finished
-            self._ingestor.stopping.set()
+        for lane in self.lanes:  # none when stopped before start-up made them
+            lane.ingestor.stopping.set()
         self._stop.set()
         if not self._background:  # stopped during start-up (its own pending entries waiting for Postgres)
             return

@@ -73,8 +73,14 @@ async def recover_own_pending(ingestor: AuditIngestor, reader: StreamReader) -> 
         log.warning("previous_attempt_crashed", entries=crashed, consumer=reader.consumer)
     after = "0"
     total = 0
-    while True:
-        batch = await ingestor.read_and_process(partial(reader.read, "pending", after=after), redelivered=True)
+    # A stop (SIGTERM) during the recovery leaves the rest pending for the next start.
+    while not ingestor.stopping.is_set():
+        try:
+            batch = await ingestor.read_and_process(partial(reader.read, "pending", after=after), redelivered=True)
+        except redis.RedisError:
+            if ingestor.stopping.is_set():  # the stop closed the connection under the read
+                break
+            raise
         if not batch.entries:
             break
         total += len(batch.entries)

@@ -176,7 +176,9 @@ class ConsumerProcess:
             "DATASTORAGE_DATABASE_URL": database_url,
             "DATASTORAGE_REDIS_URL": redis_url,
             "DATASTORAGE_CONSUMER_NAME": name,
-            **{f"DATASTORAGE_{key.upper()}": str(value) for key, value in settings.items()},
+            **{f"DATASTORAGE_{key.upper()}": str(value) for key, value in settings.items() if key != "cluster_url"},
+            # A Redis Cluster's node instead of the plain test Redis.
+            **({"DATASTORAGE_REDIS_URL": settings["cluster_url"]} if "cluster_url" in settings else {}),
         }
         self.process: subprocess.Popen | None = None
 
@@ -238,7 +240,9 @@ class ServedApi:
             "DATASTORAGE_DATABASE_URL": database_url, "DATASTORAGE_REDIS_URL": redis_url,
             "DATASTORAGE_HTTP_HOST": "127.0.0.1", "DATASTORAGE_HTTP_PORT": str(self.port),
             "DATASTORAGE_METRICS_PORT": "0", "DATASTORAGE_LOG_FORMAT": "json",
-            **{f"DATASTORAGE_{key.upper()}": str(value) for key, value in settings.items()},
+            **{f"DATASTORAGE_{key.upper()}": str(value) for key, value in settings.items() if key != "cluster_url"},
+            # A Redis Cluster's node instead of the plain test Redis.
+            **({"DATASTORAGE_REDIS_URL": settings["cluster_url"]} if "cluster_url" in settings else {}),
         }
         self.process: subprocess.Popen | None = None
 

@@ -117,7 +117,7 @@ def test_kubernetes_rbac_lets_the_api_review_access_and_clients_use_the_reviewed
 
 
 def test_the_retention_cronjob_applies_the_policy_daily_without_a_prompt_and_never_twice_at_once():
-    [cronjob] = by_kind("CronJob").values()
+    cronjob = by_kind("CronJob")["datastorage-retention"]
     spec = cronjob["spec"]
     assert spec["concurrencyPolicy"] == "Forbid" and len(spec["schedule"].split()) == 5
     [container] = spec["jobTemplate"]["spec"]["template"]["spec"]["containers"]

@@ -85,7 +85,7 @@ def _no_probes_left_behind():
 def test_a_cronjob_ensures_partitions_every_few_hours():
     from tests.test_deploy import by_kind
 
-    [job] = by_kind("CronJob").values()
+    job = by_kind("CronJob")["datastorage-partitions-ensure"]
     container = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     assert container["args"][:2] == ["partitions", "ensure"]
     assert job["spec"]["concurrencyPolicy"] == "Forbid"

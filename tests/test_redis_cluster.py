@@ -17,7 +17,7 @@ from app.core.settings import Settings
 from app.producer import AuditProducer, NotReplicated
 from app.streams.dlq import DeadLetter, dead_letter_fields
 from app.streams.keys import StreamKeys
-from tests.helpers import EVENTS, SCHEMA_DIR, body_of, client_for, event, run_datastorage
+from tests.helpers import EVENTS, SCHEMA_DIR, body_of, client_for, event, row_counts, run_datastorage, wait_for
 
 SHARD_ID = "1764091800123-0"  # the same entry id in two shards' DLQs
 PLAIN_ID = "1764091800999-0"
@@ -255,10 +255,13 @@ async def test_stream_status_and_dlq_commands_work_across_shards(redis_cluster_u
     replayed = run_datastorage(settings, "dlq", "replay", f"2:{SHARD_ID}", PLAIN_ID).stdout
     assert "replayed 2 of 2" in replayed
     assert await cluster_client.xlen(keys.shard_dlq(2)) == 0 and await cluster_client.xlen("audit_dlq") == 0
-    [(_, back)] = (await cluster_client.xrevrange(keys.shard_stream(2), count=1))
-    assert back[b"resource_id"] == b"notif-2" and b"dlq_reason" not in back
-    [(_, plain_back)] = await cluster_client.xrevrange("audit_events", count=1)
-    assert plain_back[b"resource_id"] == b"notif-3"
+    # (The replay's own audit event goes to a shard too: the entries are found by what they hold.)
+    [back] = [f for _, f in await cluster_client.xrevrange(keys.shard_stream(2), count=2)
+              if f[b"resource_id"] == b"notif-2"]
+    assert b"dlq_reason" not in back
+    [plain_back] = [f for _, f in await cluster_client.xrevrange("audit_events", count=2)
+                    if f[b"resource_id"] == b"notif-3"]
+    assert b"dlq_reason" not in plain_back
 
     purged = run_datastorage(settings, "dlq", "purge", "--yes").stdout
     assert purged.strip() == "purged 1 dead letter(s)"
@@ -304,3 +307,43 @@ async def test_the_factory_makes_a_cluster_client_when_asked(redis_cluster_url, 
         assert isinstance(plain, aioredis.Redis) and await plain.ping()
     finally:
         await asyncio.gather(cluster.aclose(), plain.aclose())
+
+
+# --- the consumers read every shard ------------------------------------------------------------
+
+
+async def test_consumers_store_every_shard_and_the_plain_stream_exactly_once_on_the_cluster(
+        database_url, db, redis_cluster_url, cluster_client, consumers):
+    """Two consumers, three shards and the plain stream on a real cluster: each event one row; an
+    invalid entry in a shard goes to that shard's DLQ (one script in its slot), one in the plain
+    stream to audit_dlq (two steps: the pair spans two slots)."""
+    keys = StreamKeys(shards=3)
+    sharded = [event(n, correlation_id=f"rem-{n % 17}") for n in range(300)]
+    await AuditProducer(cluster_client, shards=3).publish_many(sharded)
+    await AuditProducer(cluster_client).publish_many([event(1000 + n) for n in range(20)])  # a one-stream producer
+    await cluster_client.xadd(keys.shard_stream(1), {"event_type": "x.y"})
+    await cluster_client.xadd(keys.stream, {"event_type": "x.y"})
+    started = [await consumers(name, redis_cluster="true", stream_shards="3", cluster_url=redis_cluster_url)
+               for name in ("c1", "c2")]
+
+    async def all_there() -> bool:
+        dead = sum([await cluster_client.xlen(s.dlq) for s in keys.read_shards])
+        return (await row_counts(db))[0] >= 320 and dead >= 2
+
+    await wait_for(all_there, 90, "320 rows and 2 dead letters")
+    assert all(c.running for c in started)
+    assert await row_counts(db) == (320, 320)
+    assert [await cluster_client.xlen(s.dlq) for s in keys.read_shards] == [1, 0, 1, 0]
+    for shard in keys.read_shards:
+        assert (await cluster_client.xpending(shard.stream, "datastorage"))["pending"] == 0, shard.stream
+
+
+async def test_consumers_read_shards_without_a_cluster_too(db, client, consumers):
+    await AuditProducer(client, shards=2).publish_many([event(n, correlation_id=f"rem-{n}") for n in range(50)])
+    await consumers(stream_shards="2")
+    await wait_for(lambda: _rows_at_least(db, 50), 60, "50 rows")
+    assert await row_counts(db) == (50, 50)
+
+
+async def _rows_at_least(db, count: int) -> bool:
+    return (await row_counts(db))[0] >= count

@@ -40,13 +40,18 @@ return counted
 """
 
 
+def _in_slot_of(stream: str) -> str:
+    """A key prefix in the stream's cluster slot: a shard's name has its hash tag ({k}); the plain
+    stream's name becomes one, since the scripts take the stream and these keys together."""
+    return stream if "{" in stream else f"{{{stream}}}"
+
+
 def marker_key(stream: str, consumer: str) -> str:
-    # The stream's name first: a hash tag in it ({k}) keeps the marker in the stream's cluster slot.
-    return f"{stream}:inflight:{consumer}"
+    return f"{_in_slot_of(stream)}:inflight:{consumer}"
 
 
 def failures_key(stream: str) -> str:
-    return f"{stream}:failures"
+    return f"{_in_slot_of(stream)}:failures"
 
 
 class Attempts:
@@ -94,4 +99,4 @@ class Attempts:
 
 
 def consumer_of_marker(key: str | bytes, stream: str) -> str:
-    return as_text(key).removeprefix(f"{stream}:inflight:")
+    return as_text(key).removeprefix(f"{_in_slot_of(stream)}:inflight:")

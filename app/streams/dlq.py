@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 
 DLQ_FIELDS = ("dlq_reason", "dlq_error", "source_stream", "source_id", "delivery_count", "failed_at")
 
@@ -104,6 +105,31 @@ async def dead_letter(
         args += [letter.entry_id, must_be_pending, 2 * len(fields)]
         for name, value in fields.items():
             args += [name, value]
+    if isinstance(client, aioredis.RedisCluster) and key_slot(source_stream.encode()) != key_slot(dlq_stream.encode()):
+        return await _dead_letter_in_two_steps(client, letters, source_stream, group, consumer, dlq_stream, failed_at)
     written = await client.eval(_DEAD_LETTER_SCRIPT, 2, source_stream, dlq_stream, *args)
     written_ids = {w.decode() if isinstance(w, bytes) else w for w in written}
     return [letter for letter in letters if letter.entry_id in written_ids]
+
+
+async def _dead_letter_in_two_steps(
+    client: aioredis.RedisCluster,
+    letters: Sequence[DeadLetter],
+    source_stream: str,
+    group: str,
+    consumer: str,
+    dlq_stream: str,
+    failed_at: datetime,
+) -> list[DeadLetter]:
+    """The plain stream and audit_dlq in different cluster slots: no script spans both. XADD the
+    dead letter, then XACK: a crash between leaves one duplicate dead letter, never a lost entry."""
+    written = []
+    for letter in letters:
+        if letter.reason != REASON_ENTRY_DELETED or letter.fields:
+            held = await client.xpending_range(source_stream, group, letter.entry_id, letter.entry_id, 1, consumer)
+            if not held:
+                continue
+        await client.xadd(dlq_stream, dead_letter_fields(letter, source_stream, failed_at))
+        await client.xack(source_stream, group, letter.entry_id)
+        written.append(letter)
+    return written
