@@ -155,6 +155,13 @@ async def test_no_password_or_token_in_the_logs_of_a_run(tmp_path, database_url)
                 assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
                 time.sleep(0.1)
             base = f"http://127.0.0.1:{port}"
+            while True:  # service_running is logged a moment before the port listens
+                try:
+                    httpx.get(f"{base}/healthz", timeout=5)
+                    break
+                except httpx.ConnectError:
+                    assert time.monotonic() < deadline, log_path.read_text()
+                    time.sleep(0.1)
             for token in (*tokens, "tok-wrong-0000"):
                 httpx.get(f"{base}/api/v1/audit-events", headers={"Authorization": f"Bearer {token}"}, timeout=10)
             # A token where a cursor belongs: the 400 names the parameter, never echoes the value in a log.
