@@ -6,8 +6,13 @@ Per batch: entries deleted from the stream, too large, invalid, or that made con
 id is refused. The consumer acknowledges an entry only after its row is committed or its dead
 letter is written. When Postgres (or Redis) is unwell the batch stays in hand and is retried with
 exponential backoff and jitter, and no new entries are read meanwhile (one batch at a time per
-process): the stream is the buffer. When particular entries make the write fail, the batch is split
-in halves until those entries are found; only they are dead-lettered.
+process, plus at most the next one, read ahead): the stream is the buffer. When particular entries
+make the write fail, the batch is split in halves until those entries are found; only they are
+dead-lettered.
+
+The read loop reads ahead: while Postgres writes a batch, the next one is read and decoded, so the
+consumer's CPU work (decoding, validating) overlaps the database's instead of waiting for it
+(`ops/bench/consumer_profile.py`). Batches are still written one after the other, in stream order.
 """
 
 import asyncio
@@ -16,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 
 import redis
 import redis.asyncio as aioredis
@@ -40,7 +46,7 @@ from app.streams.dlq import (
     DeadLetter,
     dead_letter,
 )
-from app.streams.ids import entry_id_time
+from app.streams.ids import entry_id_seconds
 from consumers.reader import Entry, Read
 
 log = structlog.get_logger(__name__)
@@ -48,6 +54,18 @@ log = structlog.get_logger(__name__)
 # Attempts an ambiguous error (e.g. a cancelled statement) gets before the batch is split to find
 # the entries that cause it.
 AMBIGUOUS_ATTEMPTS = 3
+# Entries decoded per turn of the event loop while a batch is being written (consumers read ahead).
+SORTED_PER_TURN = 50
+
+
+@dataclass(frozen=True)
+class ReadAhead:
+    """The next batch, read (its ids joined the in-flight marker) and sorted while the one before
+    it was written: dead letters for what can never be stored, the rest decoded."""
+
+    batch: Read
+    letters: list[DeadLetter]
+    pending: list["Pending"]
 
 
 @dataclass(frozen=True)
@@ -67,8 +85,10 @@ class AuditIngestor:
         self.store = store
         self.attempts = attempts
         self.stopping = asyncio.Event()
-        # One batch at a time: while a batch waits for Postgres, nothing new is read or claimed.
+        # One batch at a time: while a batch waits for Postgres, nothing new is read or claimed
+        # (beyond the one batch read ahead, decoded and waiting its turn).
         self._one_batch_at_a_time = asyncio.Lock()
+        self._ahead: ReadAhead | None = None
 
     async def read_and_process(self, read: Callable[[], Awaitable[Read]], *, redelivered: bool) -> Read:
         """Reads (or claims) a batch and processes it without letting another batch in between,
@@ -76,15 +96,81 @@ class AuditIngestor:
         async with self._one_batch_at_a_time:
             batch = await read()
             if batch.entries:
-                await self._process(batch.entries, redelivered=redelivered)
+                ids = [entry.id for entry in batch.entries]
+                failures = await self.attempts.failures_of(ids) if redelivered else {}
+                await self._process(batch.entries, partial(self._sort, batch.entries, failures), failures)
             return batch
 
-    async def _process(self, entries: Sequence[Entry], *, redelivered: bool) -> None:
+    async def read_ahead_and_process(self, read: Callable[..., Awaitable[Read]]) -> Read:
+        """The read loop's step for new entries: processes the batch read ahead last time (or one
+        read now) while reading and decoding the next. Returns the batch processed (empty: the
+        stream had nothing new)."""
+        async with self._one_batch_at_a_time:
+            current, self._ahead = self._ahead, None
+            if current is not None:
+                batch, sorted_already = current.batch, (current.letters, current.pending)
+                sort = lambda: sorted_already  # noqa: E731
+            else:
+                batch = await read()
+                if not batch.entries:
+                    return batch
+                sort = partial(self._sort, batch.entries, {})
+            writing = asyncio.create_task(self._process(batch.entries, sort, {}))
+            try:
+                ahead = None if self.stopping.is_set() else await read(joins_batch_in_hand=True)
+                if ahead is not None and ahead.entries:
+                    try:
+                        self._ahead = ReadAhead(ahead, *await self._sort_in_turns(ahead.entries))
+                    except Exception:
+                        await asyncio.wait([writing])
+                        writing.result()  # a write error first: it matters more
+                        # Not the database, not the network: whatever it was, these entries were in it.
+                        await self.attempts.count_failure(entry.id for entry in ahead.entries)
+                        await self.attempts.pause()
+                        raise
+            except asyncio.CancelledError:
+                writing.cancel()
+                await asyncio.wait([writing])
+                raise
+            except Exception:
+                await asyncio.wait([writing])
+                writing.result()
+                raise
+            await writing
+            return batch
+
+    async def _sort_in_turns(self, entries: Sequence[Entry]) -> tuple[list[DeadLetter], list["Pending"]]:
+        """`_sort` a few entries at a time, letting the batch being written take its next step
+        (each of its round trips waits for the event loop) between them."""
+        letters: list[DeadLetter] = []
+        pending: list[Pending] = []
+        for start in range(0, len(entries), SORTED_PER_TURN):
+            await asyncio.sleep(0)
+            some_letters, some_pending = self._sort(entries[start : start + SORTED_PER_TURN], {})
+            letters += some_letters
+            pending += some_pending
+        return letters, pending
+
+    async def leave_read_ahead(self) -> None:
+        """At shutdown: the batch read ahead stays pending for the next start (or a claim)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            await self._leave_pending(ahead.batch.entries)
+
+    def in_hand(self) -> list[str]:
+        """Ids of the batch read ahead: kept in hand with the one being written."""
+        return [entry.id for entry in self._ahead.batch.entries] if self._ahead else []
+
+    async def _process(
+        self,
+        entries: Sequence[Entry],
+        sort: Callable[[], tuple[list[DeadLetter], list["Pending"]]],
+        failures: dict[str, int],
+    ) -> None:
         metrics.AUDIT_BATCH_SIZE.observe(len(entries))
         ids = [entry.id for entry in entries]
-        failures = await self.attempts.failures_of(ids) if redelivered else {}
         try:
-            letters, pending = self._sort(entries, failures)
+            letters, pending = sort()
             async for attempt in self._retrying(ids):
                 with attempt:
                     isolate = attempt.retry_state.attempt_number > AMBIGUOUS_ATTEMPTS
@@ -92,7 +178,8 @@ class AuditIngestor:
             async for attempt in self._retrying(ids):
                 with attempt:
                     await self._dead_letter(letters)
-            await self.attempts.pause()
+            # Done: only the batch read ahead (if any) is in flight now.
+            await (self.attempts.begin(self.in_hand()) if self._ahead else self.attempts.pause())
             if failures:
                 await self.attempts.forget(failures)
         except asyncio.CancelledError:
@@ -169,7 +256,7 @@ class AuditIngestor:
         metrics.AUDIT_WRITES.labels("duplicate").inc(len(result.duplicates))
         log_old_events(result.stored, path="stream")
         for p in pending:
-            metrics.AUDIT_END_TO_END_LATENCY.observe(committed - entry_id_time(p.entry.id).timestamp())
+            metrics.AUDIT_END_TO_END_LATENCY.observe(committed - entry_id_seconds(p.entry.id))
         conflicting = {id(s) for s in result.conflicts}
         acknowledged = [p.entry.id for p in pending if id(p.submission) not in conflicting]
         if acknowledged:
@@ -229,7 +316,7 @@ class AuditIngestor:
             # Waiting is not an attempt: a crash while waiting is not the entries' fault.
             with contextlib.suppress(redis.RedisError):
                 await self.attempts.pause()
-            await self._keep_in_hand(held)
+            await self._keep_in_hand(held + self.in_hand())
 
         async def after_wait(state: RetryCallState) -> None:
             # The first attempt was announced by the read; a retry after a wait is announced again

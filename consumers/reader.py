@@ -18,8 +18,9 @@ import redis.asyncio as aioredis
 from app.streams.ids import as_text
 
 # KEYS: stream, in-flight marker. ARGV: mode (new | pending | claim), group, consumer, count,
-# largest entry in bytes, bytes kept per field of a larger one, then for pending: the id after
-# which to read; for claim: the minimum idle time and the id to start from.
+# largest entry in bytes, bytes kept per field of a larger one, marker (set | append: the batch
+# joins one still in hand), then for pending: the id after which to read; for claim: the minimum
+# idle time and the id to start from.
 # Returns {entries, next claim start id, ids of claimed entries that were deleted}; an entry is
 # {id, fields, size} or, when larger than the limit, {id, cut fields, size, sha1 of field sha1s};
 # a deleted one (still pending, no longer in the stream) is {id, {}, 0}.
@@ -29,10 +30,10 @@ local mode, group, consumer = ARGV[1], ARGV[2], ARGV[3]
 local count, limit, keep = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local entries, next_start, deleted = {}, '0-0', {}
 if mode == 'claim' then
-    local reply = redis.call('XAUTOCLAIM', stream, group, consumer, ARGV[7], ARGV[8], 'COUNT', count)
+    local reply = redis.call('XAUTOCLAIM', stream, group, consumer, ARGV[8], ARGV[9], 'COUNT', count)
     entries, next_start, deleted = reply[2], reply[1], reply[3] or {}
 else
-    local after = mode == 'new' and '>' or ARGV[7]
+    local after = mode == 'new' and '>' or ARGV[8]
     local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count, 'STREAMS', stream, after)
     if reply then entries = reply[1][2] end
 end
@@ -58,7 +59,13 @@ for _, entry in ipairs(entries) do
     end
 end
 for _, id in ipairs(deleted) do ids[#ids + 1] = id end
-if #ids > 0 then redis.call('SET', marker, table.concat(ids, ',')) end
+if #ids > 0 then
+    if ARGV[7] == 'append' then
+        redis.call('APPEND', marker, ',' .. table.concat(ids, ','))
+    else
+        redis.call('SET', marker, table.concat(ids, ','))
+    end
+end
 return {out, next_start, deleted}
 """
 
@@ -107,12 +114,21 @@ class StreamReader:
     def next_count(self) -> int:
         return max(1, min(self.max_records, self.max_bytes // max(1, self._entry_bytes)))
 
-    async def read(self, mode: Literal["new", "pending", "claim"], *, after: str = "0", min_idle_ms: int = 0) -> Read:
+    async def read(
+        self,
+        mode: Literal["new", "pending", "claim"],
+        *,
+        after: str = "0",
+        min_idle_ms: int = 0,
+        joins_batch_in_hand: bool = False,
+    ) -> Read:
+        """Reads a batch and marks it in flight; `joins_batch_in_hand` keeps the ids of the batch
+        still being written in the marker too (the read loop reads ahead, consumers/ingestor.py)."""
         extra = [after] if mode == "pending" else [min_idle_ms, after] if mode == "claim" else []
         reply = await self._script(
             keys=[self.stream, self.marker_key],
             args=[mode, self.group, self.consumer, self.next_count(), self.max_entry_bytes,
-                  self.kept_bytes_per_field, *extra],
+                  self.kept_bytes_per_field, "append" if joins_batch_in_hand else "set", *extra],
         )  # fmt: skip
         raw_entries, next_start, _deleted = reply
         entries = [_entry(raw) for raw in raw_entries]
@@ -129,5 +145,5 @@ class StreamReader:
 
 def _entry(raw: list) -> Entry:
     entry_id, flat, size, *digest = raw
-    fields = {flat[i]: flat[i + 1] for i in range(0, len(flat) - 1, 2)}
+    fields = dict(zip(flat[::2], flat[1::2], strict=False))
     return Entry(as_text(entry_id), fields, int(size), as_text(digest[0]) if digest else None)

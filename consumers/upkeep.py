@@ -27,7 +27,7 @@ import structlog
 from app.core import metrics
 from app.core.settings import Settings
 from app.streams.attempts import marker_key
-from app.streams.ids import as_text, entry_id_key, entry_id_time
+from app.streams.ids import as_text, entry_id_key, entry_id_seconds, entry_id_time
 from consumers.ingestor import AuditIngestor
 from consumers.reader import StreamReader
 
@@ -125,16 +125,18 @@ async def upkeep_stream(client: aioredis.Redis, settings: Settings) -> None:
     watch_entry_clock(info)
 
     needed_from = []
+    lag = pending = 0
+    oldest_age = 0.0
     for name, info_group in groups.items():
         summary = await client.xpending(stream, name)
         needed_from.append(_oldest_needed_id(info_group, summary))
         if name == group:
-            metrics.STREAM_LAG.set(info_group.get("lag") or 0)
-            metrics.STREAM_PENDING.set(summary["pending"])
-            oldest_age = time.time() - entry_id_time(as_text(summary["min"])).timestamp() if summary["pending"] else 0
-            metrics.STREAM_OLDEST_PENDING_AGE.set(oldest_age)
-    metrics.STREAM_LENGTH.set(info["length"])
-    metrics.DLQ_DEPTH.set(await client.xlen(settings.dlq_stream))
+            lag, pending = info_group.get("lag") or 0, summary["pending"]
+            oldest_age = time.time() - entry_id_seconds(as_text(summary["min"])) if pending else 0.0
+    dlq_depth = await client.xlen(settings.dlq_stream)
+    metrics.set_stream_figures(
+        stream, settings.dlq_stream, metrics.StreamFigures(lag, pending, oldest_age, info["length"], dlq_depth)
+    )
     if needed_from:
         # Approximate trimming removes whole nodes below the id only: never an entry at or above it.
         await client.xtrim(stream, minid=min(needed_from, key=entry_id_key), approximate=True)

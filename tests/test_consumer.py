@@ -279,6 +279,28 @@ async def test_sigterm_during_a_batch_loses_nothing(db, client, consumers):
     await settled(db, client, rows=5000)
 
 
+async def test_the_next_batch_is_read_while_one_is_written_and_a_stop_counts_no_failure(db, client, consumers):
+    """The read loop reads ahead: while Postgres writes a batch, the next is read and decoded. Both
+    are in flight (pending, named by the marker, so a crash counts against both); a clean stop
+    leaves both pending and counts nothing; the restart stores each once."""
+    await slow_down_inserts(db, 0.002)  # a second per batch of 500
+    consumer = await consumers("ahead", batch_max_records=500)
+    await publish(client, events(3000))
+    marker = marker_key(STREAM, "ahead")
+
+    async def two_batches_in_flight() -> bool:
+        named = (await client.get(marker) or b"").decode().strip(",").split(",")
+        return await pending(client) == 1000 and len(named) == 1000
+
+    await wait_for(two_batches_in_flight, 30, "a batch written and the next read ahead", interval=0.01)
+    assert consumer.terminate() == 0
+    assert await client.exists(marker) == 0, "a clean stop leaves no crash mark"
+    assert await pending(client) > 0
+    await consumers("ahead")
+    await settled(db, client, rows=3000)
+    assert await client.hlen(failures_key(STREAM)) == 0
+
+
 async def test_postgres_stopped_for_20_seconds_loses_nothing(database_url, client, consumers, postgres_server):
     await consumers("patient")
     producer = AuditProducer(client)

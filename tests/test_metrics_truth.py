@@ -113,3 +113,26 @@ async def test_the_gauge_is_zero_when_partitions_were_never_ensured(pool, db):
     metrics.UPKEEP_LAST_SUCCESS.labels("partitions_ensure").set(123)
     await refresh_gauges(pool)
     assert sample("datastorage_upkeep_last_success_timestamp_seconds", task="partitions_ensure") == 0
+
+
+def test_each_stream_shard_has_its_gauges_and_the_unlabelled_ones_are_their_totals():
+    """A consumer reads the plain stream and every shard: no shard's figures overwrite another's."""
+    metrics.set_stream_figures("audit_events", "audit_dlq", metrics.StreamFigures(0, 0, 0.0, 10, 0))
+    metrics.set_stream_figures("audit_events:{0}", "audit_dlq:{0}", metrics.StreamFigures(120, 500, 4.5, 900, 2))
+    metrics.set_stream_figures("audit_events:{1}", "audit_dlq:{1}", metrics.StreamFigures(30, 0, 0.0, 40, 1))
+
+    assert sample("datastorage_stream_shard_lag", stream="audit_events:{0}") == 120
+    assert sample("datastorage_stream_shard_lag", stream="audit_events:{1}") == 30
+    assert sample("datastorage_dlq_shard_depth", dlq="audit_dlq:{1}") == 1
+    assert sample("datastorage_stream_lag") == 150
+    assert sample("datastorage_stream_pending") == 500
+    assert sample("datastorage_stream_oldest_pending_age_seconds") == 4.5
+    assert sample("datastorage_stream_length") == 950
+    assert sample("datastorage_dlq_depth") == 3
+
+    # A later round for one shard replaces that shard's figures only.
+    metrics.set_stream_figures("audit_events:{0}", "audit_dlq:{0}", metrics.StreamFigures(0, 0, 0.0, 0, 2))
+    assert sample("datastorage_stream_lag") == 30
+    assert sample("datastorage_stream_oldest_pending_age_seconds") == 0
+    for stream, dlq in (("audit_events", "audit_dlq"), ("audit_events:{1}", "audit_dlq:{1}")):
+        metrics.set_stream_figures(stream, dlq, metrics.StreamFigures(0, 0, 0.0, 0, 0))

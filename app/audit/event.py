@@ -14,7 +14,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from types import UnionType
 from typing import Annotated, Any, Literal, TypeAlias, Union, get_args, get_origin
 
@@ -84,8 +84,9 @@ class AuditEvent(BaseModel):
     metadata: dict[str, Any] | None = None
 
     @property
-    def event_date(self):
-        """The partition key: the UTC date of the timestamp."""
+    def event_date(self) -> date:
+        """The partition key: the UTC date of the timestamp. Not cached: `model_copy(update=…)`
+        would copy a cached date along with a new timestamp."""
         return self.event_timestamp.astimezone(UTC).date()
 
     @field_validator("event_timestamp", mode="before")
@@ -104,13 +105,24 @@ class AuditEvent(BaseModel):
     def _parse_json_object(cls, value: Any, info: ValidationInfo) -> Any:
         limits = _limits(info)
         if isinstance(value, (str, bytes)) and limits.json_as_text:
-            # Characters first (never more than the bytes): a huge text is refused without a copy.
-            if len(value) > limits.max_json_bytes or utf8_size(value) > limits.max_json_bytes:
+            # Characters first (never more than the bytes): a huge text is refused without a copy,
+            # and a text of at most a quarter of the limit in characters is within it in bytes.
+            if len(value) > limits.max_json_bytes or (
+                4 * len(value) > limits.max_json_bytes and utf8_size(value) > limits.max_json_bytes
+            ):
                 raise ValueError(f"is larger than {limits.max_json_bytes} bytes")
             try:
-                value = loads_exact(value)
+                parsed = orjson.loads(value)
             except json.JSONDecodeError as error:
                 raise ValueError(f"is not valid JSON ({error})") from None
+            if not isinstance(parsed, dict):
+                raise ValueError("must be a JSON object")
+            if _check_json_tree(parsed, limits.max_json_depth):
+                # A whole float of 64-bit size or more may be an integer beyond 64 bits that orjson
+                # read inexactly: read exactly, the second walk refuses it by name.
+                parsed = json.loads(value)
+                _check_json_tree(parsed, limits.max_json_depth)
+            return parsed
         elif isinstance(value, dict):
             # The tree first: it names what orjson's encoder would only call unencodable.
             _check_json_tree(value, limits.max_json_depth)
@@ -185,25 +197,37 @@ def _limits(info: ValidationInfo) -> ValidationLimits:
     return info.context if isinstance(info.context, ValidationLimits) else DEFAULT_LIMITS
 
 
-def _check_json_tree(value: Any, max_depth: int) -> None:
-    """Raises when the JSON tree is nested deeper than `max_depth` or holds a NUL character."""
+def _check_json_tree(value: Any, max_depth: int) -> bool:
+    """Raises when the JSON tree is nested deeper than `max_depth`, holds a NUL character or an
+    integer beyond 64 bits; returns whether it holds a whole float of 64-bit size or more (maybe
+    such an integer, as orjson reads one). One walk: it runs for every event consumed."""
+    wide_floats = False
     stack = [(value, 1)]
     while stack:
         node, depth = stack.pop()
         if depth > max_depth:
             raise ValueError(f"is nested deeper than {max_depth} levels")
-        if isinstance(node, dict):
+        if isinstance(node, str):
+            if "\x00" in node:
+                raise ValueError("must not contain NUL characters (U+0000)")
+        elif isinstance(node, dict):
             for key, child in node.items():
                 if "\x00" in key:
                     raise ValueError("must not contain NUL characters (U+0000)")
                 stack.append((child, depth + 1))
         elif isinstance(node, list):
             stack.extend((child, depth + 1) for child in node)
-        elif isinstance(node, str) and "\x00" in node:
-            raise ValueError("must not contain NUL characters (U+0000)")
+        elif isinstance(node, float):
+            wide_floats = wide_floats or _maybe_wide_integer(node)
         elif isinstance(node, int) and not _INT64_MIN <= node <= _INT64_MAX:
             # Stored it would become a float (jsonb keeps it, but no reader of ours could): refused.
             raise ValueError(f"holds an integer beyond 64 bits ({node}); send it as a string to keep it exact")
+    return wide_floats
+
+
+def _maybe_wide_integer(number: float) -> bool:
+    """A whole float of 64-bit size or more: orjson reads an integer beyond 64 bits as one."""
+    return abs(number) >= 2**63 and number.is_integer()
 
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**64 - 1
@@ -218,7 +242,8 @@ def loads_exact(text: str | bytes | bytearray) -> Any:
 
 
 def _holds_wide_floats(value: Any) -> bool:
-    """Whether a parsed tree holds a whole float of 64-bit size or more (maybe a wide integer)."""
+    """Whether a parsed tree holds a whole float of 64-bit size or more (maybe a wide integer); the
+    event model's `_check_json_tree` finds them in the walk it makes anyway."""
     stack = [value]
     while stack:
         node = stack.pop()
@@ -226,7 +251,7 @@ def _holds_wide_floats(value: Any) -> bool:
             stack.extend(node.values())
         elif isinstance(node, list):
             stack.extend(node)
-        elif isinstance(node, float) and abs(node) >= 2**63 and node.is_integer():
+        elif isinstance(node, float) and _maybe_wide_integer(node):
             return True
     return False
 

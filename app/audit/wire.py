@@ -57,16 +57,7 @@ def decode(
     """
     values: dict[str, str] = {}
     for raw_name, raw_value in fields.items():
-        try:
-            name = raw_name.decode()
-        except UnicodeDecodeError:
-            raise InvalidEntry(f"a field name is not valid UTF-8: {raw_name[:40]!r}") from None
-        if name == RESERVED_FIELD:
-            raise InvalidEntry(
-                "data: field name reserved (FastStream reads it as its own envelope); send the payload as event_data"
-            )
-        if name not in EVENT_FIELDS:
-            raise InvalidEntry(f"{name[:60]}: unknown field")
+        name = _FIELD_NAMES.get(raw_name) or _unknown_field(raw_name)
         try:
             values[name] = raw_value.decode()
         except UnicodeDecodeError:
@@ -86,6 +77,23 @@ def decode(
     if read_time:
         event = event.model_copy(update={"metadata": {**(event.metadata or {}), TIMESTAMP_SOURCE: "read_time"}})
     return Submission(event, derived)
+
+
+# The field names as they arrive, looked up without decoding each one (it runs per field consumed).
+_FIELD_NAMES = {name.encode(): name for name in EVENT_FIELDS}
+
+
+def _unknown_field(raw_name: bytes) -> str:
+    """Raises `InvalidEntry` naming what is wrong with a field name that is not an event field."""
+    try:
+        name = raw_name.decode()
+    except UnicodeDecodeError:
+        raise InvalidEntry(f"a field name is not valid UTF-8: {raw_name[:40]!r}") from None
+    if name == RESERVED_FIELD:
+        raise InvalidEntry(
+            "data: field name reserved (FastStream reads it as its own envelope); send the payload as event_data"
+        )
+    raise InvalidEntry(f"{name[:60]}: unknown field")
 
 
 def decode_entry(

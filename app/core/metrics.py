@@ -8,6 +8,7 @@ consumer's, not any 200 of a metrics listener.
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
@@ -53,6 +54,19 @@ STREAM_OLDEST_PENDING_AGE = Gauge(
     "Age of the oldest entry still pending in the consumer group (0 when none).",
 )
 STREAM_LENGTH = Gauge("datastorage_stream_length", "Entries in the audit stream (XLEN).")
+# With shards (DATASTORAGE_STREAM_SHARDS) the gauges above are totals over the plain stream and
+# every shard (the oldest pending age: the largest), and these say which stream it is.
+STREAM_SHARD_LAG = Gauge("datastorage_stream_shard_lag", "Entries of one stream (shard) not yet delivered.", ["stream"])
+STREAM_SHARD_PENDING = Gauge(
+    "datastorage_stream_shard_pending", "Entries of one stream (shard) delivered but not yet acknowledged.", ["stream"]
+)
+STREAM_SHARD_OLDEST_PENDING_AGE = Gauge(
+    "datastorage_stream_shard_oldest_pending_age_seconds",
+    "Age of the oldest entry still pending in one stream (shard); 0 when none.",
+    ["stream"],
+)
+STREAM_SHARD_LENGTH = Gauge("datastorage_stream_shard_length", "Entries in one stream (shard).", ["stream"])
+DLQ_SHARD_DEPTH = Gauge("datastorage_dlq_shard_depth", "Entries in one dead-letter stream (shard).", ["dlq"])
 STREAM_ENTRIES_LOST = Counter(
     "datastorage_stream_entries_lost_total",
     "Entries trimmed from the audit stream (XTRIM, MAXLEN) before any consumer of the group read them.",
@@ -252,3 +266,33 @@ def start_metrics_server(port: int) -> None:
         server = ThreadingHTTPServer(("0.0.0.0", port), _MetricsHandler)
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+
+
+@dataclass(frozen=True)
+class StreamFigures:
+    """What one round of upkeep saw of one stream (the plain one or a shard) and its DLQ."""
+
+    lag: int
+    pending: int
+    oldest_pending_age_s: float
+    length: int
+    dlq_depth: int
+
+
+_stream_figures: dict[tuple[str, str], StreamFigures] = {}
+
+
+def set_stream_figures(stream: str, dlq: str, figures: StreamFigures) -> None:
+    """The stream's own gauges, and the totals over every stream this process reads."""
+    _stream_figures[stream, dlq] = figures
+    STREAM_SHARD_LAG.labels(stream).set(figures.lag)
+    STREAM_SHARD_PENDING.labels(stream).set(figures.pending)
+    STREAM_SHARD_OLDEST_PENDING_AGE.labels(stream).set(figures.oldest_pending_age_s)
+    STREAM_SHARD_LENGTH.labels(stream).set(figures.length)
+    DLQ_SHARD_DEPTH.labels(dlq).set(figures.dlq_depth)
+    every = _stream_figures.values()
+    STREAM_LAG.set(sum(f.lag for f in every))
+    STREAM_PENDING.set(sum(f.pending for f in every))
+    STREAM_OLDEST_PENDING_AGE.set(max(f.oldest_pending_age_s for f in every))
+    STREAM_LENGTH.set(sum(f.length for f in every))
+    DLQ_DEPTH.set(sum(f.dlq_depth for f in every))

@@ -14,6 +14,11 @@ def entry_id_key(entry_id: str) -> tuple[int, int]:
     return int(millis), int(sequence)
 
 
+def entry_id_seconds(entry_id: str) -> float:
+    """The time Redis gave the entry, in seconds since the epoch: the milliseconds part of its id."""
+    return int(entry_id.split("-", 1)[0]) / 1000
+
+
 def entry_id_time(entry_id: str) -> datetime:
     """The time Redis gave the entry: the milliseconds part of its id."""
-    return datetime.fromtimestamp(int(entry_id.split("-", 1)[0]) / 1000, tz=UTC)
+    return datetime.fromtimestamp(entry_id_seconds(entry_id), tz=UTC)

@@ -1,6 +1,7 @@
 """Ingestion benchmark: the whole pipeline against raw COPY, on fresh private servers.
 
     .venv/bin/python ops/bench/ingest.py [--events 200000] [--consumers 2] [--latency-seconds 30]
+    .venv/bin/python ops/bench/ingest.py --cluster --shards 3 [--consumers 2]   # on a Redis Cluster
 
 (a) baseline: raw COPY of N prepared rows into `audit_events` (same schema, own database; the
     better of two runs on fresh databases);
@@ -10,6 +11,11 @@
     batch sealed in its transaction, docs/INTEGRITY.md); target sealed >= 0.9x unsealed;
 (c) latency: events XADDed at a steady 2,000/s; per event, the commit time of its row minus its
     event_timestamp (set just before its XADD).
+
+With --cluster the stream lives on a private Redis Cluster of three masters (no replicas, no AOF)
+and, with --shards N > 1, producers route each event to `audit_events:{crc32(correlation_id) mod N}`
+and the consumers read every shard (DATASTORAGE_REDIS_CLUSTER, DATASTORAGE_STREAM_SHARDS). Without
+it, one redis-server with an AOF (fsync every second).
 
 Commit times are exact: the private Postgres runs with `track_commit_timestamp = on` and each row's
 commit time is `pg_xact_commit_timestamp(xmin)`. Prints progress, then one JSON line.
@@ -21,10 +27,12 @@ import json
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import redis
 import redis.asyncio as aioredis
 from rich.console import Console
 from rich.progress import Progress
@@ -37,7 +45,9 @@ from app.core.db import connect, create_database
 from app.core.migrations import migrate_database
 from app.core.settings import PROJECT_ROOT
 from app.local.embedded import EmbeddedPostgres, LocalRedis
-from app.producer import new_audit_event
+from app.local.redis_cluster import LocalRedisCluster
+from app.producer import AuditProducer, new_audit_event
+from app.streams.keys import StreamKeys
 
 console = Console(stderr=True)
 
@@ -68,12 +78,49 @@ async def copy_baseline(url: str, events: list) -> float:
         await conn.close()
 
 
-def start_consumers(database_url: str, redis_url: str, count: int, log_dir: Path,
+@dataclass(frozen=True)
+class Stream:
+    """Where the benchmark's events go: one Redis, or a cluster with the stream in N shards."""
+
+    redis_url: str
+    cluster: bool = False
+    shards: int = 1
+
+    @property
+    def keys(self) -> StreamKeys:
+        return StreamKeys(shards=self.shards)
+
+    def consumer_settings(self) -> dict[str, str]:
+        return {"redis_cluster": "true", "stream_shards": str(self.shards)} if self.cluster else {}
+
+    def client(self) -> aioredis.Redis | aioredis.RedisCluster:
+        return aioredis.RedisCluster.from_url(self.redis_url) if self.cluster else aioredis.from_url(self.redis_url)
+
+    def xadd_commands(self, events: list) -> dict[tuple[str, int], list[bytes]]:
+        """Prepared XADDs of `events`, each to its shard, grouped by the server that holds it."""
+        if not self.cluster:
+            url = urlsplit(self.redis_url)
+            return {(url.hostname or "127.0.0.1", url.port or 6379):
+                    [resp_xadd(self.keys.stream, encode_event(event)) for event in events]}
+        client = redis.RedisCluster.from_url(self.redis_url)
+        try:
+            grouped: dict[tuple[str, int], list[bytes]] = {}
+            for event in events:
+                stream = self.keys.stream_for(event.correlation_id)
+                node = client.get_node_from_key(stream)
+                grouped.setdefault((node.host, node.port), []).append(resp_xadd(stream, encode_event(event)))
+            return grouped
+        finally:
+            client.close()
+
+
+def start_consumers(database_url: str, stream: Stream, count: int, log_dir: Path,
                     key_file: Path | None = None) -> list[subprocess.Popen]:
     processes = []
     sealing = {"audit_signing_key_file": str(key_file)} if key_file else {}
     for n in range(count):
-        env = service_env(database_url, redis_url, consumer_name=f"bench-{n}", **sealing)
+        env = service_env(database_url, stream.redis_url, consumer_name=f"bench-{n}", **sealing,
+                          **stream.consumer_settings())
         log = open(log_dir / f"consumer-{n}.log", "w")
         processes.append(subprocess.Popen([DATASTORAGE, "consume"], env=env, stdout=log, stderr=log))
     return processes
@@ -109,39 +156,42 @@ def resp_xadd(stream: str, fields: dict[str, str]) -> bytes:
     return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
 
 
-async def produce_pipelined(redis_url: str, commands: list[bytes], progress: Progress, task) -> None:
-    """Sends prepared XADDs 1,000 at a time on one connection and waits for every reply: the
-    fastest a producer can be, so the benchmark measures the consumers, not the producer."""
-    url = urlsplit(redis_url)
-    reader, writer = await asyncio.open_connection(url.hostname, url.port)
-    try:
-        for offset in range(0, len(commands), 1000):
-            chunk = commands[offset:offset + 1000]
-            writer.write(b"".join(chunk))
-            await writer.drain()
-            for _ in chunk:  # each reply: "$<n>" then the entry id
-                header = await reader.readline()
-                if not header.startswith(b"$"):
-                    raise RuntimeError(f"XADD failed: {header!r}")
-                await reader.readline()
-            progress.update(task, completed=offset + len(chunk))
-    finally:
-        writer.close()
+async def produce_pipelined(commands: dict[tuple[str, int], list[bytes]], progress: Progress, task) -> None:
+    """Sends prepared XADDs 1,000 at a time on one connection per server (at once) and waits for
+    every reply: the fastest a producer can be, so the benchmark measures the consumers."""
+
+    async def send(address: tuple[str, int], own: list[bytes]) -> None:
+        reader, writer = await asyncio.open_connection(*address)
+        try:
+            for offset in range(0, len(own), 1000):
+                chunk = own[offset:offset + 1000]
+                writer.write(b"".join(chunk))
+                await writer.drain()
+                for _ in chunk:  # each reply: "$<n>" then the entry id
+                    header = await reader.readline()
+                    if not header.startswith(b"$"):
+                        raise RuntimeError(f"XADD failed: {header!r}")
+                    await reader.readline()
+                progress.advance(task, len(chunk))
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(send(address, own) for address, own in commands.items()))
 
 
-async def pipeline_run(url: str, redis_url: str, events: list, consumers: int, log_dir: Path,
+async def pipeline_run(url: str, stream: Stream, events: list, consumers: int, log_dir: Path,
                        progress: Progress, key_file: Path | None = None) -> dict:
-    commands = [resp_xadd("audit_events", encode_event(event)) for event in events]
-    processes = start_consumers(url, redis_url, consumers, log_dir, key_file)
+    commands = stream.xadd_commands(events)
+    processes = start_consumers(url, stream, consumers, log_dir, key_file)
     label = "sealed" if key_file else "unsealed"
     try:
         await asyncio.sleep(3)  # consumers up and reading
-        produce = progress.add_task(f"(b) XADD, {label}", total=len(commands))
-        store = progress.add_task(f"(b) stored, {label}", total=len(commands))
+        produce = progress.add_task(f"(b) XADD, {label}", total=len(events))
+        store = progress.add_task(f"(b) stored, {label}", total=len(events))
         first_xadd = datetime.now(UTC)
-        await produce_pipelined(redis_url, commands, progress, produce)
+        await produce_pipelined(commands, progress, produce)
         xadd_seconds = (datetime.now(UTC) - first_xadd).total_seconds()
-        await wait_for_rows(url, len(commands), progress, store, timeout=600)
+        await wait_for_rows(url, len(events), progress, store, timeout=600)
     finally:
         stop_consumers(processes)
     conn = await connect(url)
@@ -154,19 +204,20 @@ async def pipeline_run(url: str, redis_url: str, events: list, consumers: int, l
         await conn.close()
     seconds = (last_commit - first_xadd).total_seconds()
     return {
-        "events_per_s": round(len(commands) / seconds),
+        "events_per_s": round(len(events) / seconds),
         "pipeline_seconds": round(seconds, 2),
-        "producer_events_per_s": round(len(commands) / xadd_seconds),
-        "lost": len(commands) - counts["d"],
+        "producer_events_per_s": round(len(events) / xadd_seconds),
+        "lost": len(events) - counts["d"],
         "duplicated": counts["n"] - counts["d"],
         "sealed_rows": counts["sealed"],
     }
 
 
-async def latency_run(url: str, redis_url: str, rate: int, seconds: float, consumers: int,
+async def latency_run(url: str, stream: Stream, rate: int, seconds: float, consumers: int,
                       log_dir: Path, progress: Progress) -> dict:
-    client = aioredis.from_url(redis_url)
-    processes = start_consumers(url, redis_url, consumers, log_dir)
+    client = stream.client()
+    producer = AuditProducer(client, shards=stream.shards)
+    processes = start_consumers(url, stream, consumers, log_dir)
     total = int(rate * seconds)
     template = make_events(total)
     try:
@@ -179,10 +230,7 @@ async def latency_run(url: str, redis_url: str, rate: int, seconds: float, consu
         while sent < total:
             batch = template[sent:sent + per_tick]
             now = datetime.now(UTC)
-            async with client.pipeline(transaction=False) as pipe:
-                for event in batch:
-                    pipe.xadd("audit_events", encode_event(event.model_copy(update={"event_timestamp": now})))
-                await pipe.execute()
+            await producer.publish_many(event.model_copy(update={"event_timestamp": now}) for event in batch)
             sent += len(batch)
             progress.update(task, completed=sent)
             # Paced by the clock, not by sleeps: a late tick is caught up, not dropped.
@@ -218,9 +266,9 @@ async def latency_run(url: str, redis_url: str, rate: int, seconds: float, consu
     }
 
 
-async def flush(redis_url: str) -> None:
-    client = aioredis.from_url(redis_url)
-    await client.flushdb()
+async def flush(stream: Stream) -> None:
+    client = stream.client()
+    await client.flushall()  # on a cluster: every master
     await client.aclose()
 
 
@@ -229,7 +277,9 @@ async def main(args) -> dict:
         tmp = Path(tmp)
         postgres = EmbeddedPostgres(tmp / "pgdata", delete_on_close=True)
         postgres.start()
-        redis_server = LocalRedis(tmp / "redis", appendonly=True, appendfsync="everysec")
+        redis_server: LocalRedis | LocalRedisCluster = (
+            LocalRedisCluster(tmp / "cluster", masters=3, replicas_per_master=0) if args.cluster
+            else LocalRedis(tmp / "redis", appendonly=True, appendfsync="everysec"))  # fmt: skip
         try:
             conn = await connect(postgres.url())
             await conn.execute("ALTER SYSTEM SET track_commit_timestamp = on")
@@ -237,6 +287,7 @@ async def main(args) -> dict:
             postgres.stop()
             postgres.start()
             redis_server.start()
+            stream = Stream(redis_server.url, cluster=args.cluster, shards=args.shards)
             urls = {}
             pipelines = [f"{kind}{n}" for n in range(args.rounds) for kind in ("pipeline", "sealed")]
             for name in ("copy", "copy2", *pipelines, "latency"):
@@ -257,13 +308,13 @@ async def main(args) -> dict:
                 runs: dict[str, list[dict]] = {"pipeline": [], "sealed": []}
                 for name in pipelines:
                     kind = name.rstrip("0123456789")
-                    runs[kind].append(await pipeline_run(urls[name], redis_server.url, events, args.consumers, tmp,
+                    runs[kind].append(await pipeline_run(urls[name], stream, events, args.consumers, tmp,
                                                          progress, key_file if kind == "sealed" else None))
-                    await flush(redis_server.url)
+                    await flush(stream)
                 assert all(run["sealed_rows"] == args.events for run in runs["sealed"]), runs["sealed"]
                 pipeline = max(runs["pipeline"], key=lambda run: run["events_per_s"])
                 sealed = max(runs["sealed"], key=lambda run: run["events_per_s"])
-                latency = await latency_run(urls["latency"], redis_server.url, args.rate,
+                latency = await latency_run(urls["latency"], stream, args.rate,
                                             args.latency_seconds, args.consumers, tmp, progress)
         finally:
             redis_server.stop()
@@ -271,6 +322,8 @@ async def main(args) -> dict:
     return {
         "events": args.events,
         "consumers": args.consumers,
+        "redis": "cluster" if args.cluster else "single",
+        "shards": args.shards,
         "events_per_s": pipeline["events_per_s"],
         "copy_rows_per_s": round(copy_rate),
         "ratio": round(pipeline["events_per_s"] / copy_rate, 3),
@@ -292,4 +345,6 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=int, default=2000, help="events/s of the latency run")
     parser.add_argument("--latency-seconds", type=float, default=30)
     parser.add_argument("--rounds", type=int, default=2, help="unsealed and sealed pipeline runs, alternating")
+    parser.add_argument("--cluster", action="store_true", help="a private Redis Cluster of three masters")
+    parser.add_argument("--shards", type=int, default=1, help="stream shards (with --cluster)")
     print(json.dumps(asyncio.run(main(parser.parse_args()))))
