@@ -78,3 +78,22 @@ async def test_an_api_request_binds_its_trace_and_correlation_to_its_lines(datab
     [accepted] = [r for r in records if r["event"] == "old_event_accepted"]
     assert accepted["correlation_id"] == "rem-http" and accepted["path"] == "http"
     assert await db.fetchval("SELECT count(*) FROM audit_events") == 1
+
+
+def test_a_terminal_s_exception_text_is_masked_too():
+    code = """
+import structlog
+from app.core.logs import configure_logging, register_secrets
+configure_logging("info", "console")
+register_secrets(["s3cret-token-value"])
+log = structlog.get_logger("t")
+try:
+    raise ConnectionError("connect to postgresql://app:hunter22@db:5432/x failed with s3cret-token-value")
+except ConnectionError:
+    log.exception("connect_failed")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "connect_failed" in result.stderr and "Traceback" in result.stderr
+    assert "postgresql://app:***@db:5432/x" in result.stderr
+    assert "hunter22" not in result.stderr and "s3cret-token-value" not in result.stderr

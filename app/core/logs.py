@@ -10,11 +10,12 @@ secrets registered with `register_secrets` (the configured passwords and API tok
 `***` wherever they appear.
 """
 
+import io
 import logging
 import re
 import sys
 from collections.abc import Iterable, Mapping, MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -65,6 +66,12 @@ def _redact_event(logger: Any, method: str, event_dict: MutableMapping[str, Any]
     return {key: redact(value) for key, value in event_dict.items()}
 
 
+def _masked_traceback(sio: TextIO, exc_info: structlog.typing.ExcInfo) -> None:
+    text = io.StringIO()
+    structlog.dev.plain_traceback(text, exc_info)
+    sio.write(redact(text.getvalue()))
+
+
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
@@ -76,9 +83,9 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     ]
     render: list[structlog.typing.Processor]
     if fmt == "console":
-        # The console renderer formats exceptions itself, after this chain: their text is not
-        # masked there (a terminal of a developer; production logs are JSON).
-        render = [_redact_event, structlog.dev.ConsoleRenderer()]
+        # The console renderer formats exceptions itself, after this chain: masked as it writes
+        # them, as plain tracebacks (rich's would print local variables: secrets among them).
+        render = [_redact_event, structlog.dev.ConsoleRenderer(exception_formatter=_masked_traceback)]
     else:
         render = [structlog.processors.format_exc_info, _redact_event, structlog.processors.JSONRenderer()]
     structlog.configure(
