@@ -10,7 +10,9 @@ checkpoints the chain and starts `datastorage serve` with the signing key. Measu
   * the first view of the remediation's timeline after the start (`cold`: a process verifies the
     chain once),
   * later views of it and of one event's page (p50/p99), each event shown `sealed` (checked),
-  * the same timeline right after a new seal and a new checkpoint (`after_new_seal`).
+  * the same timeline right after a new seal and a new checkpoint (`after_new_seal`);
+  * the timeline from a service without the signing key (every status `unknown`, nothing
+    checked): the page's cost without integrity.
 Prints progress, then one JSON line. Target (the viewer issue): pages under 200 ms.
 """
 
@@ -124,6 +126,11 @@ async def main(args) -> dict:
                     await store.insert([Submission(background(args.events + n, datetime.now(UTC)))])
                     await checkpointer.checkpoint_once()
                     after_new_seal.append(await view(http, timeline, REMEDIATION_EVENTS))
+            stop_all([api])
+            api, base_url = start_api(url, redis_server.url, tmp / "api-keyless.log")
+            async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
+                await view(http, timeline, 0)
+                keyless = [await view(http, timeline, 0) for _ in range(args.samples)]
         finally:
             stop_all([api] if api else [])
             await client.aclose()
@@ -136,6 +143,7 @@ async def main(args) -> dict:
         "timeline": ms(warm),
         "event_page": ms(event),
         "timeline_after_new_seal": ms(after_new_seal),
+        "timeline_without_integrity": ms(keyless),
         "under_200ms": ms(warm)["p99_ms"] < 200,
     }
 
