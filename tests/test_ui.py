@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 import zipfile
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from urllib.parse import parse_qs, urlsplit
@@ -19,8 +20,10 @@ import asyncpg
 import httpx
 import pytest
 import uvicorn
+from prometheus_client import REGISTRY
 
 from app.api.app import create_app
+from app.audit.integrity.checkpoints import CHECKPOINT_STREAM, Checkpointer
 from app.audit.query import FILTERS
 from app.audit.store import AuditStore
 from app.core.settings import PROJECT_ROOT
@@ -182,6 +185,99 @@ async def test_each_event_shows_its_integrity_status_from_the_seals(settings, si
         assert statuses == ["integrity-sealed", "integrity-tampered", "integrity-sealed"]
         page = assert_html(await api.get(f"/ui/events/{steps[1].event_id}"))
         assert "tampered" in "".join(page.text)
+
+
+def integrity_column(page) -> list[str]:
+    return [attrs["class"].split()[-1].removeprefix("integrity-") for attrs in page.all("span")
+            if "integrity" in (attrs.get("class") or "").split()]
+
+
+def chain_seals_checked() -> float:
+    return REGISTRY.get_sample_value("datastorage_viewer_chain_seals_checked_total") or 0.0
+
+
+async def tamper(db, statement: str, *args) -> None:
+    async with db.transaction():
+        await db.execute("SET LOCAL session_replication_role = replica")  # past the append-only triggers
+        await db.execute(statement, *args)
+
+
+async def test_each_view_checks_the_pages_rows_and_the_chain_is_checked_once(
+    settings, signer, database_url, db, client, redis_server
+):
+    """The chain of seals and its checkpoints do not depend on the page: a process checks them
+    once, then only the seals added since. The page's rows are checked on every view: a row
+    changed after the first view shows `tampered` on the next one, the untouched ones `sealed`."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    store = AuditStore(pool, signer)
+    start = datetime.now(UTC) - timedelta(minutes=10)
+    steps = [event(n, correlation_id="rem-viewed", event_timestamp=start + timedelta(minutes=n)) for n in range(4)]
+    try:
+        for step in steps[:3]:  # a seal each, and seals of another remediation
+            await store.insert(submitted([step]))
+        await store.insert(submitted([event(10 + n, correlation_id="rem-other") for n in range(5)]))
+        checkpointer = Checkpointer(pool, client, signer, settings)
+        await checkpointer.checkpoint_once()
+        async with client_for(settings, signer) as api:
+            before = chain_seals_checked()
+            first = assert_html(await api.get("/ui/correlations/rem-viewed"))
+            assert integrity_column(first) == ["sealed", "sealed", "sealed"]
+            assert chain_seals_checked() - before == 4  # the whole chain
+
+            await tamper(db, "UPDATE audit_events SET resource_id = 'elsewhere' WHERE event_id = $1", steps[1].event_id)
+            again = assert_html(await api.get("/ui/correlations/rem-viewed"))
+            assert integrity_column(again) == ["sealed", "tampered", "sealed"]
+            page = assert_html(await api.get(f"/ui/events/{steps[0].event_id}"))
+            assert integrity_column(page) == ["sealed"]
+            assert chain_seals_checked() - before == 4  # not again
+
+            await store.insert(submitted([steps[3]]))
+            await checkpointer.checkpoint_once()
+            later = assert_html(await api.get("/ui/correlations/rem-viewed"))
+            assert integrity_column(later) == ["sealed", "tampered", "sealed", "sealed"]
+            assert chain_seals_checked() - before == 5  # the new seal alone
+
+            redis_server.stop()  # no checkpoints to check against: as before, nothing is said
+            away = assert_html(await api.get("/ui/correlations/rem-viewed"))
+            assert integrity_column(away) == ["unknown"] * 4
+    finally:
+        await pool.close()
+
+
+@pytest.mark.parametrize("altered", ["the page's seal", "a new checkpoint", "the newest seal"])
+async def test_a_seal_or_checkpoint_altered_after_the_chain_was_checked_vouches_for_no_row(
+    settings, signer, database_url, db, client, altered
+):
+    """As `datastorage audit verify` would find it: a seal or checkpoint that is not as signed
+    breaks the chain, which then vouches for no row (`unknown`), though the chain was checked
+    (and found intact) before. The page's seals are checked on every view; the rest of the chain
+    when a seal or checkpoint is added (an older seal off the page altered while nothing is added
+    goes unseen until then: `audit verify` checks every seal every time)."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    store = AuditStore(pool, signer)
+    start = datetime.now(UTC) - timedelta(minutes=10)
+    try:
+        await store.insert(submitted([event(n, correlation_id="rem-altered", event_timestamp=start + timedelta(minutes=n))
+                                      for n in range(2)]))  # fmt: skip
+        await store.insert(submitted([event(5, correlation_id="rem-other")]))
+        checkpointer = Checkpointer(pool, client, signer, settings)
+        [checkpoint] = [await checkpointer.checkpoint_once()]
+        assert checkpoint is not None
+        async with client_for(settings, signer) as api:
+            checked = assert_html(await api.get("/ui/correlations/rem-altered"))
+            assert integrity_column(checked) == ["sealed", "sealed"]
+            if altered == "the page's seal":
+                await tamper(db, "UPDATE audit_seals SET details = '{\"note\": 1}' WHERE chain_index = 1")
+            elif altered == "a new checkpoint":
+                forged = replace(checkpoint, checkpoint_index=checkpoint.checkpoint_index + 1, rows_total=99)
+                await client.xadd(CHECKPOINT_STREAM, {k: str(v) for k, v in forged.as_json().items()})
+            else:  # then a seal is added after it, as the service adds them
+                await tamper(db, "UPDATE audit_seals SET sealed_at = sealed_at - interval '1 day' WHERE chain_index = 2")
+                await store.insert(submitted([event(6, correlation_id="rem-other")]))
+            after = assert_html(await api.get("/ui/correlations/rem-altered"))
+            assert integrity_column(after) == ["unknown", "unknown"]
+    finally:
+        await pool.close()
 
 
 async def test_an_unknown_or_malformed_event_id_is_a_404_or_400_page(api):
