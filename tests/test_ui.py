@@ -23,6 +23,7 @@ import uvicorn
 from prometheus_client import REGISTRY
 
 from app.api.app import create_app
+from app.audit.integrity.checked_chain import CheckedChain
 from app.audit.integrity.checkpoints import CHECKPOINT_STREAM, Checkpointer
 from app.audit.query import FILTERS
 from app.audit.store import AuditStore
@@ -250,9 +251,10 @@ async def test_a_seal_or_checkpoint_altered_after_the_chain_was_checked_vouches_
 ):
     """As `datastorage audit verify` would find it: a seal or checkpoint that is not as signed
     breaks the chain, which then vouches for no row (`unknown`), though the chain was checked
-    (and found intact) before. The page's seals are checked on every view; the rest of the chain
-    when a seal or checkpoint is added (an older seal off the page altered while nothing is added
-    goes unseen until then: `audit verify` checks every seal every time)."""
+    (and found intact) before. The page's seals are checked on every view, the newest seal checked
+    and what was added since when a seal or checkpoint is added. (An older seal off the page
+    altered after the check goes unseen until the process checks the whole chain again: `audit
+    verify` checks every seal every time.)"""
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     store = AuditStore(pool, signer)
     start = datetime.now(UTC) - timedelta(minutes=10)
@@ -276,6 +278,32 @@ async def test_a_seal_or_checkpoint_altered_after_the_chain_was_checked_vouches_
                 await store.insert(submitted([event(6, correlation_id="rem-other")]))
             after = assert_html(await api.get("/ui/correlations/rem-altered"))
             assert integrity_column(after) == ["unknown", "unknown"]
+    finally:
+        await pool.close()
+
+
+async def test_an_older_seal_altered_after_the_check_is_seen_by_the_next_whole_check(
+    settings, signer, database_url, db, client
+):
+    """Seals older than the newest one checked are checked again, the whole chain, in the
+    background every WHOLE_CHECK_EVERY_S (here: after every view); views keep the check they have
+    meanwhile."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=3)
+    try:
+        store = AuditStore(pool, signer)
+        for n in range(3):
+            await store.insert(submitted([event(n, correlation_id=f"rem-{n}")]))
+        await Checkpointer(pool, client, signer, settings).checkpoint_once()
+        chain = CheckedChain(whole_every_s=0)
+        assert not (await chain.current(pool, client, signer.verifier)).broken
+        await chain.rechecked()
+        await tamper(db, "UPDATE audit_seals SET row_count = 2 WHERE chain_index = 1")
+        kept = await chain.current(pool, client, signer.verifier)  # nothing added: no seal checked now
+        assert not kept.broken and chain.rechecking
+        await chain.rechecked()
+        rechecked = await chain.current(pool, client, signer.verifier)
+        assert ("seal_changed", 1) in {(f.kind, f.seal) for f in rechecked.findings}
+        await chain.rechecked()
     finally:
         await pool.close()
 

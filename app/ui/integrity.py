@@ -2,9 +2,10 @@
 
 As `datastorage audit verify --correlation-id` would find it, in two parts (app/audit/integrity/):
 the seal chain and the checkpoints published in Redis, checked once per process and then only
-what was added since (checked_chain.py: it does not depend on the page), and the page's own rows,
-each re-hashed with its salt against the leaf its seal lists, on every view (verify.verify_rows:
-its cost is the page's, not the chain's). Each row gets:
+what was added since (checked_chain.py: it does not depend on the page; the whole chain again
+every ten minutes, in the background), and the page's own rows, each re-hashed with its salt
+against the leaf its seal lists, on every view (verify.verify_rows: its cost is the page's, not
+the chain's). Each row gets:
 
 * `sealed`: its seal holds it unchanged and the chain verifies;
 * `pending`: not sealed yet, younger than the sealing bound;
@@ -38,13 +39,13 @@ async def integrity_statuses(found: Resources, rows: list[dict]) -> dict[uuid.UU
     checked = [row for row in rows if row.get("correlation_id")]
     if found.verifier is None or not checked or len({row["correlation_id"] for row in checked}) > MAX_CORRELATIONS:
         return statuses
+    try:
+        chain = await found.checked_chain.current(found.pool, found.redis, found.verifier)
+    except CheckpointsUnavailable as error:  # Redis away: the page shows, the status is unknown
+        log.warning("viewer_integrity_unavailable", error=str(error))
+        return statuses
     report = Report()
     async with found.pool.acquire() as conn:
-        try:
-            chain = await found.checked_chain.current(conn, found.redis, found.verifier)
-        except CheckpointsUnavailable as error:  # Redis away: the page shows, the status is unknown
-            log.warning("viewer_integrity_unavailable", error=str(error))
-            return statuses
         sealed = await verify_rows(
             conn,
             found.verifier,

@@ -8,13 +8,16 @@ storing transaction), and so does the checkpoint stream (one every few seconds w
 arrive): what was added since the last check is checked from the newest seal checked before,
 which a new seal must link to. The whole chain is checked again only when what was checked is not
 there as it was: the newest seal checked changed or went, the checkpoint stream lost or changed
-the newest checkpoint checked, or another key verifies.
+the newest checkpoint checked, or another key verifies; and, in the background while pages keep
+the check they have, every WHOLE_CHECK_EVERY_S.
 
-What this does not see, and `datastorage audit verify` does: an older seal rewritten after the
-process checked it. A page's own seals are checked on every view (`verify_rows`).
+What this sees later than `datastorage audit verify` would: a seal older than the newest one
+checked, rewritten after the process checked it, is seen by the next whole check. A page's own
+seals are checked on every view (`verify_rows`).
 """
 
 import asyncio
+import time
 from dataclasses import dataclass
 
 import asyncpg
@@ -31,6 +34,11 @@ log = structlog.get_logger(__name__)
 
 # Seal digests kept (32 bytes each): forgotten all at once beyond this many.
 PASSED_SEALS_KEPT = 100_000
+# How stale the check of the seals older than the newest one may grow: a whole chain of millions
+# of events takes seconds, so it is checked again this often, in the background.
+WHOLE_CHECK_EVERY_S = 600.0
+# Seals checked between two yields to the event loop during a check (pages are served meanwhile).
+SEALS_PER_YIELD = 200
 
 
 class CheckpointsUnavailable(Exception):
@@ -45,6 +53,7 @@ class ChainCheck:
     # About seals and checkpoints (none names a row). The checkpoints' coverage (a seal under no
     # checkpoint yet) is not checked: it casts no doubt on a row.
     findings: tuple[Finding, ...]
+    whole_at: float  # when (time.monotonic()) the whole check this one extends started
 
     @property
     def broken(self) -> bool:
@@ -55,16 +64,54 @@ class ChainCheck:
 class CheckedChain:
     """The newest ChainCheck of one database; concurrent page views share one update."""
 
-    def __init__(self) -> None:
+    def __init__(self, whole_every_s: float = WHOLE_CHECK_EVERY_S) -> None:
         self._check: ChainCheck | None = None
         self._lock = asyncio.Lock()
+        self._whole_every_s = whole_every_s
+        self._rechecking: asyncio.Task[None] | None = None
         # Digests of the seals whose rows a page showed and which passed their own checks (verify_rows):
         # a page shown again checks its rows, not the seals' signatures and trees again.
         self.passed_seals: set[bytes] = set()
 
-    async def current(self, conn: asyncpg.Connection, client: RedisClient, verifier: Verifier) -> ChainCheck:
+    async def current(self, pool: asyncpg.Pool, client: RedisClient, verifier: Verifier) -> ChainCheck:
         """The check of the chain as it is now: the kept one when no seal or checkpoint was added
-        since (two small reads), else brought up to date. Raises CheckpointsUnavailable."""
+        since (two small reads), else brought up to date; starts a whole check in the background
+        when the last one is older than `whole_every_s`. Raises CheckpointsUnavailable."""
+        async with pool.acquire() as conn:
+            check = await self._brought_up(conn, client, verifier)
+        if time.monotonic() - check.whole_at >= self._whole_every_s and not self.rechecking:
+            self._rechecking = asyncio.create_task(self._recheck_whole(pool, client, verifier))
+        return check
+
+    @property
+    def rechecking(self) -> bool:
+        return self._rechecking is not None and not self._rechecking.done()
+
+    async def rechecked(self) -> None:
+        """Returns once the whole check running in the background (if any) has ended."""
+        if self._rechecking is not None:
+            await self._rechecking
+
+    async def close(self) -> None:
+        """Stops a whole check running in the background (before its pool closes)."""
+        if self._rechecking is not None:
+            self._rechecking.cancel()
+            await asyncio.gather(self._rechecking, return_exceptions=True)
+
+    async def _recheck_whole(self, pool: asyncpg.Pool, client: RedisClient, verifier: Verifier) -> None:
+        try:
+            async with pool.acquire() as conn:
+                whole = await _brought_up_to_date(conn, client, verifier, None, None)
+                async with self._lock:
+                    # What was added while it ran is checked from it, as from any kept check.
+                    published = await _published(client, count=1)
+                    self._check = await _brought_up_to_date(
+                        conn, client, verifier, whole, published[-1] if published else None
+                    )
+        except Exception as error:  # noqa: BLE001 - nothing awaits it: pages keep the check they have
+            log.warning("viewer_chain_recheck_failed", error=f"{type(error).__name__}: {error}")
+
+    async def _brought_up(self, conn: asyncpg.Connection, client: RedisClient, verifier: Verifier) -> ChainCheck:
         check = self._check
         published = await _published(client, count=1)
         newest = published[-1] if published else None
@@ -101,13 +148,15 @@ async def _brought_up_to_date(
     # The checkpoints first: each names a seal committed before it, which the seals read next include.
     added = await _checkpoints_added(client, check, newest)
     if check is not None and check.key_id == verifier.key_id and added is not None and await _head_kept(conn, check):
-        head, findings, whole = check.head, list(check.findings), False
+        head, findings, whole, whole_at = check.head, list(check.findings), False, check.whole_at
     else:
-        head, findings, whole = None, [], True
+        head, findings, whole, whole_at = None, [], True, time.monotonic()
         added = await _published(client)
     report = Report()
     async for header in chain_headers(conn, verifier, report, after=head):
         head = header
+        if report.seals % SEALS_PER_YIELD == 0:
+            await asyncio.sleep(0)
     named = {
         record["chain_index"]: SealHeader.from_record(record)
         for record in await conn.fetch(
@@ -121,7 +170,7 @@ async def _brought_up_to_date(
         log.info("viewer_chain_checked", whole=whole, seals=report.seals, checkpoints=report.checkpoints,
                  findings=[f.kind for f in report.findings])  # fmt: skip
     newest = added[-1] if added else (check.checkpoint if check is not None and not whole else None)
-    return ChainCheck(verifier.key_id, head, newest, (*findings, *report.findings))
+    return ChainCheck(verifier.key_id, head, newest, (*findings, *report.findings), whole_at)
 
 
 async def _checkpoints_added(
