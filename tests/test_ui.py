@@ -24,12 +24,15 @@ from prometheus_client import REGISTRY
 
 from app.api.app import create_app
 from app.audit.integrity.checked_chain import CheckedChain
-from app.audit.integrity.checkpoints import CHECKPOINT_STREAM, Checkpointer
+from app.audit.integrity.checkpoints import CHECKPOINT_STREAM, Checkpointer, published_checkpoints
+from app.audit.integrity.verify import Window, verify
+from app.audit.partitions import ensure_partitions
 from app.audit.query import FILTERS
 from app.audit.store import AuditStore
 from app.core.settings import PROJECT_ROOT
 from app.local.embedded import free_port
 from app.ui.auth import COOKIE
+from app.ui.integrity import _status
 from app.ui.playbooks import explanation
 from app.ui.timeline import build_timeline, tree_order
 from tests.helpers import (
@@ -280,6 +283,63 @@ async def test_a_seal_or_checkpoint_altered_after_the_chain_was_checked_vouches_
             assert integrity_column(after) == ["unknown", "unknown"]
     finally:
         await pool.close()
+
+
+TAMPERINGS = {
+    "a column changed": "UPDATE audit_events SET event_outcome = 'failure' WHERE event_id = $1",
+    "re-dated": "UPDATE audit_events SET event_date = event_date - 1, event_timestamp = event_timestamp - interval '1 day' "
+    "WHERE event_id = $1",
+    "its salt changed": "UPDATE audit_events SET integrity_salt = decode(md5('salt'), 'hex') WHERE event_id = $1",
+    "naming a seal the chain lacks": "UPDATE audit_events SET seal_id = 999999 WHERE event_id = $1",
+    "naming another seal": "UPDATE audit_events SET seal_id = (SELECT min(seal_id) FROM audit_seals) WHERE event_id = $1",
+    "its seal's leaves rewritten": "UPDATE audit_seals SET leaves = leaves || leaves "
+    "WHERE seal_id = (SELECT seal_id FROM audit_events WHERE event_id = $1)",
+    "inserted without a seal an hour ago": timedelta(hours=1),
+    "inserted without a seal just now": timedelta(0),
+}
+
+
+@pytest.mark.parametrize("tampering", TAMPERINGS)
+async def test_the_statuses_are_those_a_whole_verify_of_the_correlation_gives(
+    settings, signer, database_url, db, client, tampering
+):
+    """Whatever was done behind the service's back after the chain was checked, each event's
+    status is the one `verify --correlation-id` (the whole chain, every row and seal of the
+    correlation) gives it, on the timeline and on the event's page. But for one difference: a
+    page checks its own rows' seals, not every seal of the correlation, so a row whose own seal
+    is intact is `sealed` on its own page though another seal's leaves were rewritten (the
+    timeline, which shows that seal's row, says `unknown` for all)."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    start = datetime.now(UTC) - timedelta(minutes=10)
+    steps = [event(n, correlation_id="rem-x", event_timestamp=start + timedelta(minutes=n)) for n in range(3)]
+    try:
+        for step in steps:
+            await AuditStore(pool, signer).insert(submitted([step]))
+        await Checkpointer(pool, client, signer, settings).checkpoint_once()
+    finally:
+        await pool.close()
+    async with client_for(settings, signer) as api:
+        assert integrity_column(assert_html(await api.get("/ui/correlations/rem-x"))) == ["sealed"] * 3
+        change = TAMPERINGS[tampering]
+        if isinstance(change, timedelta):
+            await insert_audit_row(db, audit_row(datetime.now(UTC) - change, event_id=uuid.uuid4(), correlation_id="rem-x"))
+        else:
+            await ensure_partitions(db, [start.date() - timedelta(days=1)])  # re-dated: yesterday's month
+            await tamper(db, change, steps[1].event_id)
+        report = await verify(db, signer.verifier, await published_checkpoints(client), Window(correlation_id="rem-x"),
+                              sealing_bound=timedelta(seconds=settings.audit_sealing_bound_s))  # fmt: skip
+        named = {f.event_id: f.kind for f in report.findings if f.event_id}
+        broken = any(f.event_id is None and f.kind not in ("no_checkpoint", "seal_not_checkpointed")
+                     for f in report.findings)  # fmt: skip
+        rows = await db.fetch("SELECT event_id, seal_id FROM audit_events_all WHERE correlation_id = 'rem-x'")
+        verified = {r["event_id"]: _status(str(r["event_id"]), named, r["seal_id"] is not None, broken) for r in rows}
+        assert set(verified.values()) != {"sealed"}  # the tampering is seen
+        timeline = integrity_column(assert_html(await api.get("/ui/correlations/rem-x")))
+        assert sorted(timeline) == sorted(verified.values())
+        for event_id, status in verified.items():
+            own_seal_intact = tampering == "its seal's leaves rewritten" and event_id != steps[1].event_id
+            expected = "sealed" if own_seal_intact else status
+            assert integrity_column(assert_html(await api.get(f"/ui/events/{event_id}"))) == [expected], event_id
 
 
 async def test_an_older_seal_altered_after_the_check_is_seen_by_the_next_whole_check(
