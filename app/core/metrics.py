@@ -153,7 +153,8 @@ KUBERNETES_REVIEW_CACHE_HITS = Counter(
 VIEWER_CHAIN_SEALS_CHECKED = Counter(
     "datastorage_viewer_chain_seals_checked_total",
     "Seals the viewer's integrity statuses checked in the chain (hash, signature, link): the whole chain "
-    "once per process, then each seal added since (app/audit/integrity/checked_chain.py).",
+    "once per process and again every ten minutes while pages are viewed, else each seal added "
+    "(app/audit/integrity/checked_chain.py).",
 )
 # Read from audit_retention_runs by every API pod (the run may have been a CronJob's).
 RETENTION_LAST_SUCCESS = Gauge(
