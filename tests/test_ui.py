@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 import zipfile
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from urllib.parse import parse_qs, urlsplit
@@ -19,13 +20,19 @@ import asyncpg
 import httpx
 import pytest
 import uvicorn
+from prometheus_client import REGISTRY
 
 from app.api.app import create_app
+from app.audit.integrity.checked_chain import CheckedChain
+from app.audit.integrity.checkpoints import CHECKPOINT_STREAM, Checkpointer, published_checkpoints
+from app.audit.integrity.verify import Window, verify
+from app.audit.partitions import ensure_partitions
 from app.audit.query import FILTERS
 from app.audit.store import AuditStore
 from app.core.settings import PROJECT_ROOT
 from app.local.embedded import free_port
 from app.ui.auth import COOKIE
+from app.ui.integrity import _status
 from app.ui.playbooks import explanation
 from app.ui.timeline import build_timeline, tree_order
 from tests.helpers import (
@@ -182,6 +189,183 @@ async def test_each_event_shows_its_integrity_status_from_the_seals(settings, si
         assert statuses == ["integrity-sealed", "integrity-tampered", "integrity-sealed"]
         page = assert_html(await api.get(f"/ui/events/{steps[1].event_id}"))
         assert "tampered" in "".join(page.text)
+
+
+def integrity_column(page) -> list[str]:
+    return [attrs["class"].split()[-1].removeprefix("integrity-") for attrs in page.all("span")
+            if "integrity" in (attrs.get("class") or "").split()]
+
+
+def chain_seals_checked() -> float:
+    return REGISTRY.get_sample_value("datastorage_viewer_chain_seals_checked_total") or 0.0
+
+
+async def tamper(db, statement: str, *args) -> None:
+    async with db.transaction():
+        await db.execute("SET LOCAL session_replication_role = replica")  # past the append-only triggers
+        await db.execute(statement, *args)
+
+
+async def test_each_view_checks_the_pages_rows_and_the_chain_is_checked_once(
+    settings, signer, database_url, db, client, redis_server
+):
+    """The chain of seals and its checkpoints do not depend on the page: a process checks them
+    once, then only the seals added since. The page's rows are checked on every view: a row
+    changed after the first view shows `tampered` on the next one, the untouched ones `sealed`."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    store = AuditStore(pool, signer)
+    start = datetime.now(UTC) - timedelta(minutes=10)
+    steps = [event(n, correlation_id="rem-viewed", event_timestamp=start + timedelta(minutes=n)) for n in range(4)]
+    try:
+        for step in steps[:3]:  # a seal each, and seals of another remediation
+            await store.insert(submitted([step]))
+        await store.insert(submitted([event(10 + n, correlation_id="rem-other") for n in range(5)]))
+        checkpointer = Checkpointer(pool, client, signer, settings)
+        await checkpointer.checkpoint_once()
+        async with client_for(settings, signer) as api:
+            before = chain_seals_checked()
+            first = assert_html(await api.get("/ui/correlations/rem-viewed"))
+            assert integrity_column(first) == ["sealed", "sealed", "sealed"]
+            assert chain_seals_checked() - before == 4  # the whole chain
+
+            await tamper(db, "UPDATE audit_events SET resource_id = 'elsewhere' WHERE event_id = $1", steps[1].event_id)
+            again = assert_html(await api.get("/ui/correlations/rem-viewed"))
+            assert integrity_column(again) == ["sealed", "tampered", "sealed"]
+            page = assert_html(await api.get(f"/ui/events/{steps[0].event_id}"))
+            assert integrity_column(page) == ["sealed"]
+            assert chain_seals_checked() - before == 4  # not again
+
+            await store.insert(submitted([steps[3]]))
+            await checkpointer.checkpoint_once()
+            later = assert_html(await api.get("/ui/correlations/rem-viewed"))
+            assert integrity_column(later) == ["sealed", "tampered", "sealed", "sealed"]
+            assert chain_seals_checked() - before == 5  # the new seal alone
+
+            redis_server.stop()  # no checkpoints to check against: as before, nothing is said
+            away = assert_html(await api.get("/ui/correlations/rem-viewed"))
+            assert integrity_column(away) == ["unknown"] * 4
+    finally:
+        await pool.close()
+
+
+@pytest.mark.parametrize("altered", ["the page's seal", "a new checkpoint", "the newest seal"])
+async def test_a_seal_or_checkpoint_altered_after_the_chain_was_checked_vouches_for_no_row(
+    settings, signer, database_url, db, client, altered
+):
+    """As `datastorage audit verify` would find it: a seal or checkpoint that is not as signed
+    breaks the chain, which then vouches for no row (`unknown`), though the chain was checked
+    (and found intact) before. The page's seals are checked on every view, the newest seal checked
+    and what was added since when a seal or checkpoint is added. (An older seal off the page
+    altered after the check goes unseen until the process checks the whole chain again: `audit
+    verify` checks every seal every time.)"""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    store = AuditStore(pool, signer)
+    start = datetime.now(UTC) - timedelta(minutes=10)
+    try:
+        await store.insert(submitted([event(n, correlation_id="rem-altered", event_timestamp=start + timedelta(minutes=n))
+                                      for n in range(2)]))  # fmt: skip
+        await store.insert(submitted([event(5, correlation_id="rem-other")]))
+        checkpointer = Checkpointer(pool, client, signer, settings)
+        [checkpoint] = [await checkpointer.checkpoint_once()]
+        assert checkpoint is not None
+        async with client_for(settings, signer) as api:
+            checked = assert_html(await api.get("/ui/correlations/rem-altered"))
+            assert integrity_column(checked) == ["sealed", "sealed"]
+            if altered == "the page's seal":
+                await tamper(db, "UPDATE audit_seals SET details = '{\"note\": 1}' WHERE chain_index = 1")
+            elif altered == "a new checkpoint":
+                forged = replace(checkpoint, checkpoint_index=checkpoint.checkpoint_index + 1, rows_total=99)
+                await client.xadd(CHECKPOINT_STREAM, {k: str(v) for k, v in forged.as_json().items()})
+            else:  # then a seal is added after it, as the service adds them
+                await tamper(db, "UPDATE audit_seals SET sealed_at = sealed_at - interval '1 day' WHERE chain_index = 2")
+                await store.insert(submitted([event(6, correlation_id="rem-other")]))
+            after = assert_html(await api.get("/ui/correlations/rem-altered"))
+            assert integrity_column(after) == ["unknown", "unknown"]
+    finally:
+        await pool.close()
+
+
+TAMPERINGS = {
+    "a column changed": "UPDATE audit_events SET event_outcome = 'failure' WHERE event_id = $1",
+    "re-dated": "UPDATE audit_events SET event_date = event_date - 1, event_timestamp = event_timestamp - interval '1 day' "
+    "WHERE event_id = $1",
+    "its salt changed": "UPDATE audit_events SET integrity_salt = decode(md5('salt'), 'hex') WHERE event_id = $1",
+    "naming a seal the chain lacks": "UPDATE audit_events SET seal_id = 999999 WHERE event_id = $1",
+    "naming another seal": "UPDATE audit_events SET seal_id = (SELECT min(seal_id) FROM audit_seals) WHERE event_id = $1",
+    "its seal's leaves rewritten": "UPDATE audit_seals SET leaves = leaves || leaves "
+    "WHERE seal_id = (SELECT seal_id FROM audit_events WHERE event_id = $1)",
+    "inserted without a seal an hour ago": timedelta(hours=1),
+    "inserted without a seal just now": timedelta(0),
+}
+
+
+@pytest.mark.parametrize("tampering", TAMPERINGS)
+async def test_the_statuses_are_those_a_whole_verify_of_the_correlation_gives(
+    settings, signer, database_url, db, client, tampering
+):
+    """Whatever was done behind the service's back after the chain was checked, each event's
+    status is the one `verify --correlation-id` (the whole chain, every row and seal of the
+    correlation) gives it, on the timeline and on the event's page. But for one difference: a
+    page checks its own rows' seals, not every seal of the correlation, so a row whose own seal
+    is intact is `sealed` on its own page though another seal's leaves were rewritten (the
+    timeline, which shows that seal's row, says `unknown` for all)."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    start = datetime.now(UTC) - timedelta(minutes=10)
+    steps = [event(n, correlation_id="rem-x", event_timestamp=start + timedelta(minutes=n)) for n in range(3)]
+    try:
+        for step in steps:
+            await AuditStore(pool, signer).insert(submitted([step]))
+        await Checkpointer(pool, client, signer, settings).checkpoint_once()
+    finally:
+        await pool.close()
+    async with client_for(settings, signer) as api:
+        assert integrity_column(assert_html(await api.get("/ui/correlations/rem-x"))) == ["sealed"] * 3
+        change = TAMPERINGS[tampering]
+        if isinstance(change, timedelta):
+            await insert_audit_row(db, audit_row(datetime.now(UTC) - change, event_id=uuid.uuid4(), correlation_id="rem-x"))
+        else:
+            await ensure_partitions(db, [start.date() - timedelta(days=1)])  # re-dated: yesterday's month
+            await tamper(db, change, steps[1].event_id)
+        report = await verify(db, signer.verifier, await published_checkpoints(client), Window(correlation_id="rem-x"),
+                              sealing_bound=timedelta(seconds=settings.audit_sealing_bound_s))  # fmt: skip
+        named = {f.event_id: f.kind for f in report.findings if f.event_id}
+        broken = any(f.event_id is None and f.kind not in ("no_checkpoint", "seal_not_checkpointed")
+                     for f in report.findings)  # fmt: skip
+        rows = await db.fetch("SELECT event_id, seal_id FROM audit_events_all WHERE correlation_id = 'rem-x'")
+        verified = {r["event_id"]: _status(str(r["event_id"]), named, r["seal_id"] is not None, broken) for r in rows}
+        assert set(verified.values()) != {"sealed"}  # the tampering is seen
+        timeline = integrity_column(assert_html(await api.get("/ui/correlations/rem-x")))
+        assert sorted(timeline) == sorted(verified.values())
+        for event_id, status in verified.items():
+            own_seal_intact = tampering == "its seal's leaves rewritten" and event_id != steps[1].event_id
+            expected = "sealed" if own_seal_intact else status
+            assert integrity_column(assert_html(await api.get(f"/ui/events/{event_id}"))) == [expected], event_id
+
+
+async def test_an_older_seal_altered_after_the_check_is_seen_by_the_next_whole_check(
+    settings, signer, database_url, db, client
+):
+    """Seals older than the newest one checked are checked again, the whole chain, in the
+    background every WHOLE_CHECK_EVERY_S (here: after every view); views keep the check they have
+    meanwhile."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=3)
+    try:
+        store = AuditStore(pool, signer)
+        for n in range(3):
+            await store.insert(submitted([event(n, correlation_id=f"rem-{n}")]))
+        await Checkpointer(pool, client, signer, settings).checkpoint_once()
+        chain = CheckedChain(whole_every_s=0)
+        assert not (await chain.current(pool, client, signer.verifier)).broken
+        await chain.rechecked()
+        await tamper(db, "UPDATE audit_seals SET row_count = 2 WHERE chain_index = 1")
+        kept = await chain.current(pool, client, signer.verifier)  # nothing added: no seal checked now
+        assert not kept.broken and chain.rechecking
+        await chain.rechecked()
+        rechecked = await chain.current(pool, client, signer.verifier)
+        assert ("seal_changed", 1) in {(f.kind, f.seal) for f in rechecked.findings}
+        await chain.rechecked()
+    finally:
+        await pool.close()
 
 
 async def test_an_unknown_or_malformed_event_id_is_a_404_or_400_page(api):

@@ -163,6 +163,7 @@ async def lifespan(
         await asyncio.wait(workers, timeout=10)
         for worker in workers:
             worker.cancel()
+        await found.checked_chain.close()
         for replica in reads.replicas:
             await replica.pool.close()
             await replica.engine.dispose()

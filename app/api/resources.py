@@ -1,11 +1,12 @@
 """What the API's handlers share, created once per process by the app's lifespan."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 
+from app.audit.integrity.checked_chain import CheckedChain
 from app.audit.integrity.keys import Verifier
 from app.audit.writer import AuditWriter
 from app.catalog.embedding import EmbedderLoader
@@ -32,6 +33,8 @@ class Resources:
     text_index: TextIndexCache
     # The public key of the signing key: what verification checks against (None: none configured).
     verifier: Verifier | None = None
+    # The seal chain as the viewer's integrity statuses last checked it, kept per process.
+    checked_chain: CheckedChain = field(default_factory=CheckedChain)
 
 
 def resources(request: Request) -> Resources:

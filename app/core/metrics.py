@@ -164,6 +164,12 @@ KUBERNETES_REVIEWS = Counter(
 KUBERNETES_REVIEW_CACHE_HITS = Counter(
     "datastorage_kubernetes_review_cache_hits_total", "Review answers reused from the cache, by kind.", ["kind"]
 )
+VIEWER_CHAIN_SEALS_CHECKED = Counter(
+    "datastorage_viewer_chain_seals_checked_total",
+    "Seals the viewer's integrity statuses checked in the chain (hash, signature, link): the whole chain "
+    "once per process and again every ten minutes while pages are viewed, else each seal added "
+    "(app/audit/integrity/checked_chain.py).",
+)
 # Read from audit_retention_runs by every API pod (the run may have been a CronJob's).
 RETENTION_LAST_SUCCESS = Gauge(
     "datastorage_retention_last_success_timestamp_seconds",

@@ -29,10 +29,13 @@ def service_env(database_url: str, redis_url: str, **settings: str) -> dict[str,
     return env
 
 
-def start_api(database_url: str, redis_url: str, log_path: Path, timeout: float = 120) -> tuple[subprocess.Popen, str]:
-    """`datastorage serve` on a free port, once /readyz says ready; returns it and its base URL."""
+def start_api(
+    database_url: str, redis_url: str, log_path: Path, timeout: float = 120, **settings: str
+) -> tuple[subprocess.Popen, str]:
+    """`datastorage serve` on a free port, once /readyz says ready; returns it and its base URL.
+    `settings`: more DATASTORAGE_ settings by name (audit_signing_key_file=…)."""
     port = free_port()
-    env = service_env(database_url, redis_url, http_host="127.0.0.1", http_port=port)
+    env = service_env(database_url, redis_url, http_host="127.0.0.1", http_port=str(port), **settings)
     process = subprocess.Popen([DATASTORAGE, "serve"], env=env, stdout=open(log_path, "w"),
                                stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}"

@@ -51,6 +51,17 @@ def unpack_leaves(packed: bytes) -> list[Leaf]:
     ]
 
 
+def find_leaf(packed: bytes, event_id: uuid.UUID) -> Leaf | None:
+    """One event's leaf in a packed leaf list, without unpacking the others."""
+    at = packed.find(event_id.bytes)
+    while at != -1 and at % _LEAF.size:  # the id's bytes inside another leaf's hash: look on
+        at = packed.find(event_id.bytes, at + 1)
+    if at == -1:
+        return None
+    _, days, leaf_hash = _LEAF.unpack_from(packed, at)
+    return Leaf(event_id, EPOCH + timedelta(days=days), leaf_hash)
+
+
 @dataclass(frozen=True)
 class SealHeader:
     """What a seal says; its hash is what is signed and what the next seal links to."""

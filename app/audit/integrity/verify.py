@@ -9,8 +9,9 @@ says what is wrong.
 """
 
 import gc
+import hashlib
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -22,7 +23,7 @@ from app.audit.integrity import merkle
 from app.audit.integrity.checkpoints import Checkpoint
 from app.audit.integrity.encoding import ENCODED_COLUMNS, encode_row, leaf_hash
 from app.audit.integrity.keys import Verifier
-from app.audit.integrity.seals import GENESIS_HASH, HEADER_COLUMNS, Leaf, SealHeader, unpack_leaves
+from app.audit.integrity.seals import GENESIS_HASH, HEADER_COLUMNS, Leaf, SealHeader, find_leaf, unpack_leaves
 from app.audit.partitions import add_months, list_partitions, month_start
 
 ROW_COLUMNS = ", ".join((*ENCODED_COLUMNS, "seal_id", "integrity_salt"))
@@ -117,56 +118,80 @@ async def verify(
     return report
 
 
+# What checking a seal reads: its header, the hash stored with it and its signature.
+SEAL_COLUMNS = f"{HEADER_COLUMNS}, seal_hash, signature"
+# Below every chain index, a forged one too (bigint's least value).
+_BEFORE_ANY_INDEX = -(2**63)
+
+
 async def _check_chain(conn: asyncpg.Connection, verifier: Verifier, report: Report) -> dict[int, SealHeader]:
     """Every seal's hash, signature and link; returns the headers by chain index."""
-    headers: dict[int, SealHeader] = {}
-    previous: SealHeader | None = None
+    return {header.chain_index: header async for header in chain_headers(conn, verifier, report)}
+
+
+async def chain_headers(
+    conn: asyncpg.Connection, verifier: Verifier, report: Report, *, after: SealHeader | None = None
+) -> AsyncIterator[SealHeader]:
+    """The seals in chain order, each checked as it is read (its hash, its signature, its link to
+    the one before); from the chain's start, or from the seal after `after`, a seal checked
+    before (whoever keeps a checked chain extends it with the seals added since)."""
+    previous = after
     async with conn.transaction():
         async for record in conn.cursor(
-            f"SELECT {HEADER_COLUMNS}, seal_hash, signature FROM audit_seals ORDER BY chain_index", prefetch=2000
+            f"SELECT {SEAL_COLUMNS} FROM audit_seals WHERE chain_index > $1 ORDER BY chain_index",
+            after.chain_index if after else _BEFORE_ANY_INDEX,
+            prefetch=2000,
         ):
-            header = SealHeader.from_record(record)
-            headers[header.chain_index] = header
-            report.seals += 1
-            index = header.chain_index
-            if header.hash != bytes(record["seal_hash"]):
-                changed = "the seal's fields do not hash to its stored hash"
-                report.findings.append(Finding("seal_changed", changed, seal=index))
-            if not verifier.verify(bytes(record["signature"]), header.hash):
-                report.findings.append(
-                    Finding(
-                        "seal_signature",
-                        f"the signature does not verify with key {verifier.key_id} "
-                        f"(the seal names key {header.key_id}): forged or re-sealed",
-                        seal=index,
-                    )
-                )
-            if previous is None:
-                if index != 1 or header.prev_hash != GENESIS_HASH:
-                    report.findings.append(
-                        Finding(
-                            "chain_start_missing",
-                            f"the chain starts at seal {index}, not 1: the oldest seals are gone",
-                            seal=index,
-                        )
-                    )
-            else:
-                if index != previous.chain_index + 1:
-                    report.findings.append(
-                        Finding(
-                            "seals_missing", f"seals {previous.chain_index + 1}..{index - 1} are missing", seal=index
-                        )
-                    )
-                if header.prev_hash != previous.hash:
-                    report.findings.append(
-                        Finding(
-                            "chain_broken", f"seal {index} does not link to seal {previous.chain_index}", seal=index
-                        )
-                    )
-                if header.rows_total != previous.rows_total + header.row_count:
-                    report.findings.append(Finding("rows_total", "the running row total does not add up", seal=index))
+            header = check_seal(record, verifier, report)
+            _check_link(previous, header, report)
             previous = header
-    return headers
+            yield header
+
+
+def check_seal(record: asyncpg.Record, verifier: Verifier, report: Report) -> SealHeader:
+    """One seal on its own (a record of SEAL_COLUMNS): its fields make its stored hash, and its
+    signature verifies. Returns its header."""
+    header = SealHeader.from_record(record)
+    report.seals += 1
+    index = header.chain_index
+    if header.hash != bytes(record["seal_hash"]):
+        changed = "the seal's fields do not hash to its stored hash"
+        report.findings.append(Finding("seal_changed", changed, seal=index))
+    if not verifier.verify(bytes(record["signature"]), header.hash):
+        report.findings.append(
+            Finding(
+                "seal_signature",
+                f"the signature does not verify with key {verifier.key_id} "
+                f"(the seal names key {header.key_id}): forged or re-sealed",
+                seal=index,
+            )
+        )
+    return header
+
+
+def _check_link(previous: SealHeader | None, header: SealHeader, report: Report) -> None:
+    """A seal's place in the chain: after `previous` (None: the chain's first seal)."""
+    index = header.chain_index
+    if previous is None:
+        if index != 1 or header.prev_hash != GENESIS_HASH:
+            report.findings.append(
+                Finding(
+                    "chain_start_missing",
+                    f"the chain starts at seal {index}, not 1: the oldest seals are gone",
+                    seal=index,
+                )
+            )
+        return
+    if index != previous.chain_index + 1:
+        report.findings.append(
+            Finding("seals_missing", f"seals {previous.chain_index + 1}..{index - 1} are missing", seal=index)
+        )
+    if header.prev_hash != previous.hash:
+        report.findings.append(
+            Finding("chain_broken", f"seal {index} does not link to seal {previous.chain_index}", seal=index)
+        )
+    if header.rows_total != previous.rows_total + header.row_count:
+        report.findings.append(Finding("rows_total", "the running row total does not add up", seal=index))
 
 
 def _check_checkpoints(
@@ -178,6 +203,48 @@ def _check_checkpoints(
     bound: timedelta,
 ) -> None:
     newest = max(headers) if headers else 0
+    covered = check_checkpoints(checkpoints, headers, verifier, report, newest=newest)
+    # Seals no checkpoint covers yet: pending while young, a finding once older than the bound.
+    for index in range(covered + 1, newest + 1):
+        header = headers.get(index)
+        if header is None or header.kind != "rows":
+            continue
+        if now - header.sealed_at <= bound:
+            report.pending += header.row_count
+        elif checkpoints:
+            report.findings.append(
+                Finding(
+                    "seal_not_checkpointed",
+                    f"seal {index} ({header.row_count} rows, sealed {header.sealed_at:%Y-%m-%d %H:%M:%S}) "
+                    "is under no checkpoint: is the checkpointer running?",
+                    seal=index,
+                )
+            )
+        else:
+            # No checkpoint at all while seals are older than the bound: the copies outside the
+            # database were deleted (or never made), and a cut-off chain head could not be seen.
+            report.findings.append(
+                Finding(
+                    "no_checkpoint",
+                    f"seal {index} is older than the sealing bound and no checkpoint was given or published: "
+                    "the checkpoints outside the database are gone (give --checkpoint FILE)",
+                    seal=index,
+                )
+            )
+            break
+
+
+def check_checkpoints(
+    checkpoints: Iterable[Checkpoint],
+    headers: Mapping[int, SealHeader],
+    verifier: Verifier,
+    report: Report,
+    *,
+    newest: int,
+) -> int:
+    """Each checkpoint's signature, and that the database holds the seal it names as it names it
+    (`headers`: the seals by chain index, at least those the checkpoints name; `newest`: the
+    chain's newest index). Returns the newest chain index the valid checkpoints cover."""
     covered = 0
     for checkpoint in checkpoints:
         report.checkpoints += 1
@@ -208,34 +275,7 @@ def _check_checkpoints(
             )
         else:
             covered = max(covered, checkpoint.chain_index)
-    # Seals no checkpoint covers yet: pending while young, a finding once older than the bound.
-    for index in range(covered + 1, newest + 1):
-        header = headers.get(index)
-        if header is None or header.kind != "rows":
-            continue
-        if now - header.sealed_at <= bound:
-            report.pending += header.row_count
-        elif checkpoints:
-            report.findings.append(
-                Finding(
-                    "seal_not_checkpointed",
-                    f"seal {index} ({header.row_count} rows, sealed {header.sealed_at:%Y-%m-%d %H:%M:%S}) "
-                    "is under no checkpoint: is the checkpointer running?",
-                    seal=index,
-                )
-            )
-        else:
-            # No checkpoint at all while seals are older than the bound: the copies outside the
-            # database were deleted (or never made), and a cut-off chain head could not be seen.
-            report.findings.append(
-                Finding(
-                    "no_checkpoint",
-                    f"seal {index} is older than the sealing bound and no checkpoint was given or published: "
-                    "the checkpoints outside the database are gone (give --checkpoint FILE)",
-                    seal=index,
-                )
-            )
-            break
+    return covered
 
 
 def _months_dropped_by_retention(headers: dict[int, SealHeader]) -> set[date]:
@@ -326,6 +366,62 @@ async def _check_correlation(
     )
     await _check_rows(_aiter(rows), leaves, headers, report, now, bound, progress)
     _report_missing(leaves, False, report, dropped_months=dropped)
+
+
+async def verify_rows(
+    conn: asyncpg.Connection,
+    verifier: Verifier,
+    keys: Iterable[tuple[uuid.UUID, date]],
+    report: Report,
+    *,
+    sealing_bound: timedelta = timedelta(seconds=10),
+    passed: set[bytes] | None = None,
+) -> dict[uuid.UUID, bool]:
+    """Some rows (by event id and event date) as `verify` checks each row: against the leaf its
+    seal lists. The seals they name are checked on their own (hash, signature, their leaves make
+    the signed root), not their place in the chain: the caller has the chain checked (`verify`,
+    or chain_headers and check_checkpoints, which do not depend on the rows). `passed`: digests
+    of seals that passed those checks before, kept up to date (a seal stored exactly as then, and
+    the same key, pass again: its signature and tree are not computed again). Returns, for
+    each row found, whether it names a seal."""
+    keys = list(keys)
+    rows = await conn.fetch(
+        f"SELECT {ROW_COLUMNS} FROM audit_events_all WHERE event_id = ANY($1::uuid[]) AND event_date = ANY($2::date[])",
+        [event_id for event_id, _ in keys],
+        list({event_date for _, event_date in keys}),
+    )
+    naming: dict[int, set[uuid.UUID]] = {}  # seal id: the rows that name it
+    for row in rows:
+        if row["seal_id"] is not None:
+            naming.setdefault(row["seal_id"], set()).add(row["event_id"])
+    headers: dict[int, SealHeader] = {}
+    leaves: dict[uuid.UUID, tuple[int, Leaf]] = {}
+    for record in await conn.fetch(
+        f"SELECT {SEAL_COLUMNS}, leaves FROM audit_seals WHERE seal_id = ANY($1::bigint[])", list(naming)
+    ):
+        header, packed = SealHeader.from_record(record), bytes(record["leaves"])
+        listed = naming[header.seal_id]
+        # Everything the checks read: the same bytes pass the same checks.
+        digest = _digest(
+            verifier.key_id.encode(), header.canonical(), bytes(record["seal_hash"]), bytes(record["signature"]), packed
+        )
+        if passed is not None and digest in passed:
+            report.seals += 1
+            found = [leaf for event_id in listed if (leaf := find_leaf(packed, event_id))]
+        else:
+            before = len(report.findings)
+            check_seal(record, verifier, report)
+            found = [leaf for leaf in _signed_leaves(header, packed, report) if leaf.event_id in listed]
+            if passed is not None and len(report.findings) == before:
+                passed.add(digest)
+        headers[header.chain_index] = header
+        leaves.update((leaf.event_id, (header.chain_index, leaf)) for leaf in found)
+    await _check_rows(_aiter(rows), leaves, headers, report, datetime.now(UTC), sealing_bound, lambda rows: None)
+    return {row["event_id"]: row["seal_id"] is not None for row in rows}
+
+
+def _digest(*parts: bytes) -> bytes:
+    return hashlib.sha256(b"".join(hashlib.sha256(part).digest() for part in parts)).digest()
 
 
 async def _aiter(items: list) -> Any:
