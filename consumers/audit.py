@@ -174,6 +174,7 @@ class AuditConsumer:
         # Everything made until now (modules, the pool, settings) lives as long as the process:
         # out of the collector's sight, so that its full collections scan only what batches make.
         # A third of the decoding time went to the collector before (ops/bench/consumer_profile.py).
+        gc.collect()  # what start-up left as garbage is not kept for ever
         gc.freeze()
         self._background = []
         for lane in self.lanes:

@@ -89,6 +89,8 @@ class AuditIngestor:
         # (beyond the one batch read ahead, decoded and waiting its turn).
         self._one_batch_at_a_time = asyncio.Lock()
         self._ahead: ReadAhead | None = None
+        # Ids of the batch read ahead, from its read (while it is decoded) until it is written.
+        self._ahead_ids: list[str] = []
 
     async def read_and_process(self, read: Callable[[], Awaitable[Read]], *, redelivered: bool) -> Read:
         """Reads (or claims) a batch and processes it without letting another batch in between,
@@ -106,7 +108,7 @@ class AuditIngestor:
         read now) while reading and decoding the next. Returns the batch processed (empty: the
         stream had nothing new)."""
         async with self._one_batch_at_a_time:
-            current, self._ahead = self._ahead, None
+            current, self._ahead, self._ahead_ids = self._ahead, None, []
             if current is not None:
                 batch, sorted_already = current.batch, (current.letters, current.pending)
                 sort = lambda: sorted_already  # noqa: E731
@@ -115,29 +117,42 @@ class AuditIngestor:
                 if not batch.entries:
                     return batch
                 sort = partial(self._sort, batch.entries, {})
-            writing = asyncio.create_task(self._process(batch.entries, sort, {}))
+            # The write leaves the marker alone: the next batch's ids join it with its read and
+            # must stay while it is decoded; it is settled once both are done.
+            writing = asyncio.create_task(self._process(batch.entries, sort, {}, settle_marker=False))
             try:
                 ahead = None if self.stopping.is_set() else await read(joins_batch_in_hand=True)
                 if ahead is not None and ahead.entries:
+                    self._ahead_ids = [entry.id for entry in ahead.entries]
                     try:
                         self._ahead = ReadAhead(ahead, *await self._sort_in_turns(ahead.entries))
                     except Exception:
                         await asyncio.wait([writing])
-                        writing.result()  # a write error first: it matters more
                         # Not the database, not the network: whatever it was, these entries were in it.
-                        await self.attempts.count_failure(entry.id for entry in ahead.entries)
+                        await self.attempts.count_failure(self._ahead_ids)
+                        self._ahead_ids = []
                         await self.attempts.pause()
+                        writing.result()  # the write's own error first, if it failed too
                         raise
             except asyncio.CancelledError:
+                # A stop (its timeout ran out): whatever is in hand stays pending, no failure counted.
                 writing.cancel()
                 await asyncio.wait([writing])
+                self._ahead, self._ahead_ids = None, []
+                with contextlib.suppress(redis.RedisError):
+                    await self.attempts.pause()
                 raise
             except Exception:
                 await asyncio.wait([writing])
                 writing.result()
                 raise
             await writing
+            await self._settle_marker()
             return batch
+
+    async def _settle_marker(self) -> None:
+        """A batch is done (or only waits): the marker names the batch read ahead, if any."""
+        await (self.attempts.begin(self._ahead_ids) if self._ahead_ids else self.attempts.pause())
 
     async def _sort_in_turns(self, entries: Sequence[Entry]) -> tuple[list[DeadLetter], list["Pending"]]:
         """`_sort` a few entries at a time, letting the batch being written take its next step
@@ -153,19 +168,18 @@ class AuditIngestor:
 
     async def leave_read_ahead(self) -> None:
         """At shutdown: the batch read ahead stays pending for the next start (or a claim)."""
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None:
-            await self._leave_pending(ahead.batch.entries)
-
-    def in_hand(self) -> list[str]:
-        """Ids of the batch read ahead: kept in hand with the one being written."""
-        return [entry.id for entry in self._ahead.batch.entries] if self._ahead else []
+        async with self._one_batch_at_a_time:  # not under a claim's batch: its marker is its own
+            ahead, self._ahead, self._ahead_ids = self._ahead, None, []
+            if ahead is not None:
+                await self._leave_pending(ahead.batch.entries)
 
     async def _process(
         self,
         entries: Sequence[Entry],
         sort: Callable[[], tuple[list[DeadLetter], list["Pending"]]],
         failures: dict[str, int],
+        *,
+        settle_marker: bool = True,
     ) -> None:
         metrics.AUDIT_BATCH_SIZE.observe(len(entries))
         ids = [entry.id for entry in entries]
@@ -178,8 +192,8 @@ class AuditIngestor:
             async for attempt in self._retrying(ids):
                 with attempt:
                     await self._dead_letter(letters)
-            # Done: only the batch read ahead (if any) is in flight now.
-            await (self.attempts.begin(self.in_hand()) if self._ahead else self.attempts.pause())
+            if settle_marker:
+                await self._settle_marker()
             if failures:
                 await self.attempts.forget(failures)
         except asyncio.CancelledError:
@@ -313,17 +327,18 @@ class AuditIngestor:
                 wait_s=round(state.upcoming_sleep, 2),
                 entries=len(held),
             )
-            # Waiting is not an attempt: a crash while waiting is not the entries' fault.
+            # Waiting is not an attempt: a crash while waiting is not the entries' fault (the
+            # batch read ahead may still be being decoded: it stays named).
             with contextlib.suppress(redis.RedisError):
-                await self.attempts.pause()
-            await self._keep_in_hand(held + self.in_hand())
+                await self._settle_marker()
+            await self._keep_in_hand(held + self._ahead_ids)
 
         async def after_wait(state: RetryCallState) -> None:
             # The first attempt was announced by the read; a retry after a wait is announced again
             # (not when the wait ended because the consumer is stopping).
             if state.attempt_number > 1 and not self.stopping.is_set():
                 with contextlib.suppress(redis.RedisError):
-                    await self.attempts.begin(held)
+                    await self.attempts.begin(held + self._ahead_ids)
 
         return AsyncRetrying(
             retry=retry_if_exception(lambda error: classify(error) is not ErrorKind.PERMANENT),

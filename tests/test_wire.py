@@ -63,9 +63,16 @@ def test_notification_status_sets_type_and_outcome():
     ({**MINIMAL, b"event_outcome": b"maybe"}, "event_outcome: Input should be"),
     ({**MINIMAL, b"event_timestamp": b"2026-13-45T00:00:00Z"}, "event_timestamp:"),
     ({**MINIMAL, b"event_data": b"[]"}, "event_data: must be a JSON object"),
+    ({**MINIMAL, b"event_data": b"null"}, "event_data: Input should be a valid dictionary"),
+    ({**MINIMAL, b"event_data": b'{"a": {"b": 1e400}}'}, "event_data: is not valid JSON"),
+    ({**MINIMAL, b"event_data": b'{"n": 18446744073709551616}'}, "event_data: holds an integer beyond 64 bits"),
     ({k: v for k, v in MINIMAL.items() if k != b"service_name"}, "service_name: Field required"),
 ])
 def test_entries_that_can_never_be_stored_say_why(fields, message):
     with pytest.raises(InvalidEntry) as caught:
         decode_entry("audit_events", "1764091800123-0", fields)
     assert message in str(caught.value)
+
+
+def test_metadata_sent_as_json_null_is_no_metadata():
+    assert decode_entry("audit_events", "1764091800123-0", {**MINIMAL, b"metadata": b"null"}).metadata is None

@@ -115,6 +115,8 @@ class AuditEvent(BaseModel):
                 parsed = orjson.loads(value)
             except json.JSONDecodeError as error:
                 raise ValueError(f"is not valid JSON ({error})") from None
+            if parsed is None:  # `null`: no metadata (event_data, not optional, is refused below)
+                return None
             if not isinstance(parsed, dict):
                 raise ValueError("must be a JSON object")
             if _check_json_tree(parsed, limits.max_json_depth):
