@@ -21,6 +21,7 @@ import asyncio
 import collections
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -72,6 +73,11 @@ def postgres_cpu(postmaster: int) -> float:
     return total
 
 
+# A py-spy frame, `function (path/to/file.py:line)`, shown as `function (file.py)`: one row per
+# function, whatever the line.
+_FRAME = re.compile(r"^(?P<function>.*?) \((?:[^()]*/)?(?P<file>[^/:()]+)(?::\d+)?\)$")
+
+
 def summarize(collapsed: Path, top: int) -> tuple[list[dict], int]:
     """Own and inclusive sample shares per function from py-spy's collapsed stacks."""
     own: collections.Counter[str] = collections.Counter()
@@ -80,8 +86,7 @@ def summarize(collapsed: Path, top: int) -> tuple[list[dict], int]:
     for line in collapsed.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         count = int(count_text)
-        frames = [frame.split(" (")[0] + " (" + frame.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")"
-                  if " (" in frame else frame for frame in stack.split(";")]
+        frames = [_FRAME.sub(r"\g<function> (\g<file>)", frame) for frame in stack.split(";")]
         total += count
         own[frames[-1]] += count
         for frame in set(frames):

@@ -105,8 +105,9 @@ class Stream:
         client = redis.RedisCluster.from_url(self.redis_url)
         try:
             grouped: dict[tuple[str, int], list[bytes]] = {}
+            keys = self.keys
             for event in events:
-                stream = self.keys.stream_for(event.correlation_id)
+                stream = keys.stream_for(event.correlation_id)
                 node = client.get_node_from_key(stream)
                 grouped.setdefault((node.host, node.port), []).append(resp_xadd(stream, encode_event(event)))
             return grouped
